@@ -1,0 +1,185 @@
+"""Call objects the channel makes itself: a local RPC error and a deferred future.
+
+:class:`LocalRpcError` is what an RPC raises when the channel fails it before
+any backend sees it (nothing pickable, deadline spent waiting). Like grpc's own
+inactive-RPC error it is at once a :class:`grpc.RpcError`, a
+:class:`grpc.Call` and a finished :class:`grpc.Future`, so code written for
+grpcio handles it unchanged.
+
+:class:`DeferredFuture` is what ``.future()`` returns when no backend can be
+picked yet but the RPC may wait (the channel is connecting, or the call is
+``wait_for_ready``): a helper thread waits for a pick and then starts the real
+call, to which every method delegates. It is the rare path; the common one
+returns grpc's own future.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback as _tb
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+__all__ = ["DeferredFuture", "LocalRpcError"]
+
+
+class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
+    """An RPC failed by the channel itself, before it reached a backend."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def debug_error_string(self) -> str:
+        return self._details
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        raise self
+
+    def exception(self, timeout: float | None = None) -> Exception:
+        return self
+
+    def traceback(self, timeout: float | None = None) -> TracebackType | None:
+        try:
+            raise self
+        except LocalRpcError as exc:
+            return exc.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def __iter__(self) -> LocalRpcError:
+        return self
+
+    def __next__(self) -> Any:
+        raise self
+
+    def __repr__(self) -> str:
+        return f"<LocalRpcError of RPC that terminated with:\n\tstatus = {self._code}\n\tdetails = \"{self._details}\">"
+
+    __str__ = __repr__
+
+
+class DeferredFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
+    """A future whose real call starts once ``start()`` (run on a helper thread) returns it."""
+
+    def __init__(self, start: Callable[[], Any]) -> None:
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._inner: Any = None
+        self._cancelled = False
+        self._callbacks: list[Callable[[Any], None]] = []
+        threading.Thread(target=self._run, args=(start,), name="discovery-deferred-rpc", daemon=True).start()
+
+    def _run(self, start: Callable[[], Any]) -> None:
+        try:
+            inner = start()
+        except grpc.RpcError as exc:
+            inner = exc if isinstance(exc, grpc.Future) else LocalRpcError(grpc.StatusCode.UNKNOWN, str(exc))
+        except Exception as exc:  # surface as a failed RPC rather than a dead thread
+            inner = LocalRpcError(grpc.StatusCode.INTERNAL, "".join(_tb.format_exception_only(exc)).strip())
+        with self._lock:
+            if self._cancelled:
+                inner.cancel()
+            self._inner = inner
+            callbacks, self._callbacks = self._callbacks, []
+        self._ready.set()
+        for cb in callbacks:
+            inner.add_done_callback(lambda _f, cb=cb: cb(self))
+
+    def _wait(self, timeout: float | None) -> Any:
+        if not self._ready.wait(timeout):
+            raise grpc.FutureTimeoutError()
+        return self._inner
+
+    # grpc.Future
+    def cancel(self) -> bool:
+        with self._lock:
+            if self._inner is None:
+                self._cancelled = True
+                return True
+        return bool(self._inner.cancel())
+
+    def cancelled(self) -> bool:
+        return self._cancelled or (self._inner is not None and self._inner.cancelled())
+
+    def running(self) -> bool:
+        return self._inner is None or self._inner.running()
+
+    def done(self) -> bool:
+        return self._inner is not None and self._inner.done()
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._wait(timeout).result(timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._wait(timeout).exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._wait(timeout).traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        with self._lock:
+            if self._inner is None:
+                self._callbacks.append(fn)
+                return
+        self._inner.add_done_callback(lambda _f: fn(self))
+
+    # grpc.Call / grpc.RpcContext
+    def is_active(self) -> bool:
+        return self._inner is None or self._inner.is_active()
+
+    def time_remaining(self) -> float | None:
+        return None if self._inner is None else self._inner.time_remaining()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return bool(self._wait(None).add_callback(callback))
+
+    def initial_metadata(self) -> Any:
+        return self._wait(None).initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._wait(None).trailing_metadata()
+
+    def code(self) -> Any:
+        return self._wait(None).code()
+
+    def details(self) -> Any:
+        return self._wait(None).details()

@@ -1,0 +1,39 @@
+"""The few grpcio internals this library leans on, in one place.
+
+grpcio's public API can only learn a sync channel's connectivity through
+``Channel.subscribe``, which starts a polling thread per channel (and can miss
+transitions, grpc/grpc#14498). At thousands of backends that is thousands of
+threads, so the control loop reads the state directly instead, through the
+same core call ``subscribe``'s poller uses. If a future grpcio moves it,
+:func:`state_reader` fails loudly rather than guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from grpc import _common  # noqa: PLC2701 - see module docstring
+
+__all__ = ["state_reader"]
+
+_TO_CONNECTIVITY = _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
+
+
+def state_reader(channel: grpc.Channel) -> Callable[[bool], grpc.ChannelConnectivity]:
+    """A function ``(try_to_connect) -> ChannelConnectivity`` for a sync grpc channel.
+
+    Non-blocking; safe from any thread.
+    """
+    core = getattr(channel, "_channel", None)
+    check = getattr(core, "check_connectivity_state", None)
+    if check is None:
+        raise RuntimeError(
+            f"grpcio {grpc.__version__}: cannot read channel connectivity "
+            "(grpc._channel.Channel._channel.check_connectivity_state is gone)"
+        )
+
+    def read(try_to_connect: bool) -> grpc.ChannelConnectivity:
+        return _TO_CONNECTIVITY[check(try_to_connect)]
+
+    return read

@@ -1,0 +1,151 @@
+"""One backend: a grpc channel to one address, its connectivity and its in-flight RPCs.
+
+A :class:`Backend` is created and closed only by the subchannel manager on the
+control thread. The data plane touches it through :meth:`begin`/:meth:`end`
+(in-flight accounting, a short uncontended lock) and :attr:`callables` (a
+cache of the backend channel's multicallables, so an RPC does not build one).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from ._grpc_compat import state_reader
+from .address import Address
+
+__all__ = ["Backend", "BackendSnapshot"]
+
+_C = grpc.ChannelConnectivity
+
+# What a multicallable is cached under: (kind, method, serializer,
+# deserializer, registered). Serializers are part of the key because two stubs
+# may use the same method name with different message classes.
+CallableKey = tuple[str, str, Any, Any, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSnapshot:
+    """What :meth:`discovery.Channel.backends` reports for one backend (immutable)."""
+
+    address: str
+    state: grpc.ChannelConnectivity
+    healthy: bool
+    ejected: bool
+    in_flight: int
+    weight: int = 1
+
+    def __repr__(self) -> str:
+        flags = "" if self.healthy else " unhealthy"
+        flags += " ejected" if self.ejected else ""
+        return f"<Backend {self.address} {self.state.name}{flags} in_flight={self.in_flight}>"
+
+
+class Backend:
+    """A grpc channel to one address plus the state balancers read.
+
+    ``state``, ``healthy`` and ``ejected`` are written only on the control
+    thread and read anywhere without locks (single attribute reads are atomic).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_lock",
+        "_on_idle",
+        "_read_state",
+        "address",
+        "addr",
+        "callables",
+        "channel",
+        "closing",
+        "connect_requested",
+        "ejected",
+        "healthy",
+        "in_flight",
+        "last_error",
+        "state",
+    )
+
+    def __init__(self, address: Address, channel: grpc.Channel) -> None:
+        self.address = address
+        self.addr = address.addr
+        self.channel = channel
+        self._read_state = state_reader(channel)
+        self.state: grpc.ChannelConnectivity = _C.IDLE
+        self.healthy = True
+        self.ejected = False
+        self.in_flight = 0
+        self.last_error = ""
+        self.closing = False
+        self.connect_requested = False
+        self.callables: dict[CallableKey, Any] = {}
+        self._lock = threading.Lock()
+        self._on_idle: Callable[[Backend], None] | None = None
+
+    # -- data plane -------------------------------------------------------
+
+    def callable(self, key: CallableKey) -> Any:
+        """The backend channel's multicallable for ``key``, built once."""
+        mc = self.callables.get(key)
+        if mc is None:
+            kind, method, ser, deser, registered = key
+            factory = getattr(self.channel, kind)
+            mc = factory(method, ser, deser, _registered_method=registered)
+            self.callables[key] = mc
+        return mc
+
+    def begin(self) -> None:
+        """An RPC was started on this backend."""
+        with self._lock:
+            self.in_flight += 1
+
+    def end(self, *_: object) -> None:
+        """An RPC on this backend ended (also usable as a done-callback)."""
+        with self._lock:
+            self.in_flight -= 1
+            drained = self.closing and self.in_flight == 0
+        if drained and self._on_idle is not None:
+            self._on_idle(self)
+
+    # -- control plane ----------------------------------------------------
+
+    def connect(self) -> None:
+        """Ask an IDLE channel to connect. Non-blocking."""
+        self.connect_requested = True
+        self._read_state(True)
+
+    def poll(self) -> bool:
+        """Re-read connectivity; True if it changed. Non-blocking."""
+        new = self._read_state(False)
+        if new is not _C.IDLE:
+            self.connect_requested = False
+        if new is self.state:
+            return False
+        self.state = new
+        return True
+
+    def start_drain(self, on_idle: Callable[[Backend], None]) -> bool:
+        """Stop taking part; call ``on_idle`` once in-flight RPCs reach zero.
+
+        Returns True if the backend is already idle (no callback will come).
+        """
+        with self._lock:
+            self.closing = True
+            self._on_idle = on_idle
+            return self.in_flight == 0
+
+    def close(self) -> None:
+        """Close the channel (cancels anything still in flight)."""
+        self._on_idle = None
+        self.channel.close()
+
+    def snapshot(self) -> BackendSnapshot:
+        return BackendSnapshot(self.addr, self.state, self.healthy, self.ejected, self.in_flight,
+                               self.address.weight)
+
+    def __repr__(self) -> str:
+        return f"<Backend {self.addr} {self.state.name}>"

@@ -1,0 +1,350 @@
+"""Service configs (gRPC's own JSON vocabulary) and config files.
+
+:func:`parse_service_config` takes the dict or JSON string a gRPC user already
+has (``loadBalancingConfig``, ``healthCheckConfig``, ``methodConfig``,
+``retryThrottling``) and validates all of it before anything is built.
+:func:`load_config_file` reads ``.toml``, ``.yaml``/``.yml`` (safe loading) or
+``.json`` and validates every service in the file, so a bad file never
+half-applies. Errors name the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from . import registry
+from .errors import ConfigError, DiscoveryError, UnknownPolicyError
+from .target import parse_target
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "ServiceConfig",
+    "ServiceEntry",
+    "TLSConfig",
+    "find_config_file",
+    "load_config_file",
+    "parse_duration",
+    "parse_service_config",
+]
+
+# gRPC's default is pick_first. This library exists to spread load, so with no
+# loadBalancingConfig it balances round robin; set pick_first to get gRPC's.
+DEFAULT_POLICY = "round_robin"
+
+_DURATION = re.compile(r"^(-?\d+(?:\.\d{1,9})?)s$")
+_TOP_KEYS = {"loadBalancingConfig", "loadBalancingPolicy", "healthCheckConfig", "methodConfig",
+             "retryThrottling"}
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _thawed(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thawed(v) for v in value]
+    return value
+
+
+def parse_duration(value: Any, *, key_path: str, source: str | None = None) -> float:
+    """A gRPC JSON duration (``"10s"``, ``"0.5s"``) or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"expected a duration like \"10s\", got {value!r}", source=source, key_path=key_path)
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        seconds = float(m.group(1))
+    else:
+        raise ConfigError(f"expected a duration like \"10s\", got {value!r}", source=source, key_path=key_path)
+    if seconds < 0:
+        raise ConfigError(f"duration must not be negative, got {value!r}", source=source, key_path=key_path)
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """A validated service config.
+
+    ``policy`` and ``policy_config`` are the first supported entry of
+    ``loadBalancingConfig`` (parsed by that policy's builder).
+    ``backend_json`` is what each backend channel gets as ``grpc.service_config``
+    so grpcio's core applies ``methodConfig`` and gRFC A17 health checking.
+    """
+
+    policy: str = DEFAULT_POLICY
+    policy_config: Any = None
+    health_service_name: str | None = None
+    method_config: tuple[Any, ...] = ()
+    retry_throttling: Mapping[str, Any] | None = None
+    backend_json: str = ""
+    raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def _expect(cond: bool, what: str, value: Any, source: str | None, key_path: str) -> None:
+    if not cond:
+        raise ConfigError(f"expected {what}, got {value!r}", source=source, key_path=key_path)
+
+
+def _select_policy(lbc: Any, source: str | None, key_path: str) -> tuple[str, Any]:
+    _expect(isinstance(lbc, Sequence) and not isinstance(lbc, str) and len(lbc) > 0,
+            "a non-empty list of {policy_name: {config}} objects", lbc, source, key_path)
+    names = []
+    for i, entry in enumerate(lbc):
+        path = f"{key_path}[{i}]"
+        _expect(isinstance(entry, Mapping) and len(entry) == 1,
+                "an object with exactly one policy name", entry, source, path)
+        (name, cfg), = entry.items()
+        cfg = {} if cfg is None else cfg
+        _expect(isinstance(cfg, Mapping), f"an object of {name} options", cfg, source, f"{path}.{name}")
+        names.append(name)
+        for candidate in (name, name.removesuffix("_experimental")):
+            if registry.has_balancer(candidate):
+                builder = registry.get_balancer(candidate)
+                try:
+                    return candidate, builder.parse_config(cfg, key_path=f"{path}.{name}")
+                except ConfigError as exc:
+                    if exc.source is None and source is not None:
+                        raise ConfigError(str(exc), source=source) from exc
+                    raise
+    known = ", ".join(sorted(registry.balancer_names()))
+    raise UnknownPolicyError(
+        f"none of the policies {names} is registered; known: {known}", source=source, key_path=key_path
+    )
+
+
+def _check_method_config(mc: Any, source: str | None, key_path: str) -> None:
+    _expect(isinstance(mc, Sequence) and not isinstance(mc, str), "a list of method configs", mc, source,
+            key_path)
+    for i, entry in enumerate(mc):
+        path = f"{key_path}[{i}]"
+        _expect(isinstance(entry, Mapping), "an object", entry, source, path)
+        allowed = {"name", "timeout", "waitForReady", "retryPolicy", "hedgingPolicy",
+                   "maxRequestMessageBytes", "maxResponseMessageBytes"}
+        unknown = set(entry) - allowed
+        if unknown:
+            raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(allowed)}",
+                              source=source, key_path=path)
+        names = entry.get("name", [])
+        _expect(isinstance(names, Sequence) and all(isinstance(n, Mapping) for n in names),
+                "a list of {service, method} objects", names, source, f"{path}.name")
+        if "timeout" in entry:
+            parse_duration(entry["timeout"], key_path=f"{path}.timeout", source=source)
+        if "waitForReady" in entry:
+            _expect(isinstance(entry["waitForReady"], bool), "true or false", entry["waitForReady"], source,
+                    f"{path}.waitForReady")
+        for k in ("retryPolicy", "hedgingPolicy"):
+            if k in entry:
+                _expect(isinstance(entry[k], Mapping), "an object", entry[k], source, f"{path}.{k}")
+
+
+def parse_service_config(value: Mapping[str, Any] | str | None, *, source: str | None = None,
+                         key_path: str = "service_config") -> ServiceConfig:
+    """Validate a gRPC service config (dict or JSON string); raise ConfigError on anything wrong."""
+    if value is None:
+        value = {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON: {exc}", source=source, key_path=key_path) from exc
+    _expect(isinstance(value, Mapping), "an object", value, source, key_path)
+    assert isinstance(value, Mapping)
+    unknown = set(value) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}",
+                          source=source, key_path=key_path)
+    if "loadBalancingConfig" in value:
+        policy, policy_config = _select_policy(value["loadBalancingConfig"], source,
+                                               f"{key_path}.loadBalancingConfig")
+    elif "loadBalancingPolicy" in value:
+        name = value["loadBalancingPolicy"]
+        _expect(isinstance(name, str), "a policy name", name, source, f"{key_path}.loadBalancingPolicy")
+        policy, policy_config = _select_policy([{name.lower(): {}}], source,
+                                               f"{key_path}.loadBalancingPolicy")
+    else:
+        policy, policy_config = _select_policy([{DEFAULT_POLICY: {}}], source, key_path)
+    health = None
+    if "healthCheckConfig" in value:
+        hc = value["healthCheckConfig"]
+        _expect(isinstance(hc, Mapping) and set(hc) <= {"serviceName"}, "{\"serviceName\": ...}", hc, source,
+                f"{key_path}.healthCheckConfig")
+        health = hc.get("serviceName", "")
+        _expect(isinstance(health, str), "a string", health, source, f"{key_path}.healthCheckConfig.serviceName")
+    method_config = value.get("methodConfig", [])
+    _check_method_config(method_config, source, f"{key_path}.methodConfig")
+    throttling = value.get("retryThrottling")
+    if throttling is not None:
+        path = f"{key_path}.retryThrottling"
+        _expect(isinstance(throttling, Mapping) and set(throttling) == {"maxTokens", "tokenRatio"},
+                "{\"maxTokens\": N, \"tokenRatio\": X}", throttling, source, path)
+        mt, tr = throttling["maxTokens"], throttling["tokenRatio"]
+        _expect(isinstance(mt, int | float) and not isinstance(mt, bool) and 0 < mt <= 1000,
+                "a number in (0, 1000]", mt, source, f"{path}.maxTokens")
+        _expect(isinstance(tr, int | float) and not isinstance(tr, bool) and tr > 0,
+                "a number > 0", tr, source, f"{path}.tokenRatio")
+    backend: dict[str, Any] = {}
+    if method_config:
+        backend["methodConfig"] = _thawed(_frozen(method_config))
+    if health is not None:
+        # gRPC core runs gRFC A17 health checks only under a policy that
+        # supports them; round_robin over the one address does.
+        backend["healthCheckConfig"] = {"serviceName": health}
+        backend["loadBalancingConfig"] = [{"round_robin": {}}]
+    return ServiceConfig(
+        policy=policy,
+        policy_config=policy_config,
+        health_service_name=health,
+        method_config=_frozen(method_config),
+        retry_throttling=_frozen(throttling) if throttling is not None else None,
+        backend_json=json.dumps(backend, sort_keys=True) if backend else "",
+        raw=_frozen(value),
+    )
+
+
+# -- config files -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """``[services.x.tls]``: PEM file paths; ``server_name`` overrides the verified name."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    """One validated ``[services.NAME]`` table."""
+
+    name: str
+    target: str
+    options: tuple[tuple[str, int | str], ...] = ()
+    service_config: ServiceConfig = field(default_factory=ServiceConfig)
+    resolver: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    tls: TLSConfig | None = None
+    drain_grace: float | None = None
+
+
+_SERVICE_KEYS = {"target", "options", "service_config", "resolver", "tls", "drain_grace"}
+_TLS_KEYS = {"ca_file", "cert_file", "key_file", "server_name"}
+
+
+def find_config_file(path: str | os.PathLike[str] | None) -> Path:
+    """``path``, else ``$DISCOVERY_CONFIG``, else ``./discovery.toml``; must exist."""
+    if path is not None:
+        candidate, why = Path(path), "the path given"
+    elif os.environ.get("DISCOVERY_CONFIG"):
+        candidate, why = Path(os.environ["DISCOVERY_CONFIG"]), "$DISCOVERY_CONFIG"
+    else:
+        candidate, why = Path("discovery.toml"), "the default ./discovery.toml"
+    if not candidate.is_file():
+        raise ConfigError(f"config file {str(candidate)!r} ({why}) does not exist")
+    return candidate
+
+
+def _read(path: Path) -> Any:
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        if suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as exc:
+                raise ImportError(
+                    f"{path}: reading YAML needs PyYAML: pip install 'grpc-discovery[yaml]'"
+                ) from exc
+            return yaml.safe_load(text)
+        if suffix == ".json":
+            return json.loads(text)
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot parse {suffix[1:].upper()}: {exc}", source=str(path)) from exc
+    raise ConfigError(f"unsupported file type {suffix!r}; expected .toml, .yaml, .yml or .json",
+                      source=str(path))
+
+
+def _entry(name: str, raw: Any, src: str) -> ServiceEntry:
+    base = f"services.{name}"
+    _expect(isinstance(raw, Mapping), "a table", raw, src, base)
+    unknown = set(raw) - _SERVICE_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(_SERVICE_KEYS)}",
+                          source=src, key_path=base)
+    if "target" not in raw:
+        raise ConfigError("missing required key 'target' (e.g. \"dns:///orders.internal:50051\")",
+                          source=src, key_path=base)
+    target = raw["target"]
+    _expect(isinstance(target, str) and bool(target.strip()), "a target URI string", target, src,
+            f"{base}.target")
+    try:
+        scheme = parse_target(target).scheme
+    except ConfigError as exc:
+        raise ConfigError(str(exc), source=src, key_path=f"{base}.target") from exc
+    try:
+        registry.get_resolver(scheme)
+    except DiscoveryError as exc:
+        raise ConfigError(str(exc), source=src, key_path=f"{base}.target") from exc
+    options = raw.get("options", {})
+    _expect(isinstance(options, Mapping), "a table of grpc channel arguments", options, src, f"{base}.options")
+    opts: list[tuple[str, int | str]] = []
+    for k, v in options.items():
+        if isinstance(v, bool):
+            v = int(v)
+        _expect(isinstance(v, int | str), "an integer or a string", v, src, f"{base}.options.{k}")
+        opts.append((str(k), v))
+    sc = parse_service_config(raw.get("service_config"), source=src, key_path=f"{base}.service_config")
+    resolver = raw.get("resolver", {})
+    _expect(isinstance(resolver, Mapping), "a table of resolver options", resolver, src, f"{base}.resolver")
+    tls = None
+    if "tls" in raw:
+        t = raw["tls"]
+        _expect(isinstance(t, Mapping), "a table", t, src, f"{base}.tls")
+        unknown = set(t) - _TLS_KEYS
+        if unknown:
+            raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(_TLS_KEYS)}",
+                              source=src, key_path=f"{base}.tls")
+        for k, v in t.items():
+            _expect(isinstance(v, str), "a string", v, src, f"{base}.tls.{k}")
+            if k.endswith("_file") and not Path(v).is_file():
+                raise ConfigError(f"file {v!r} does not exist", source=src, key_path=f"{base}.tls.{k}")
+        tls = TLSConfig(**t)
+    grace = None
+    if "drain_grace" in raw:
+        grace = parse_duration(raw["drain_grace"], key_path=f"{base}.drain_grace", source=src)
+    return ServiceEntry(name, target, tuple(opts), sc, _frozen(resolver), tls, grace)
+
+
+def load_config_file(path: str | os.PathLike[str] | None = None) -> dict[str, ServiceEntry]:
+    """Read and validate every service in a config file. All or nothing."""
+    p = find_config_file(path)
+    src = str(p)
+    data = _read(p)
+    _expect(isinstance(data, Mapping), "a table with a [services] section", type(data).__name__, src, "(top)")
+    unknown = set(data) - {"services"}
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; expected 'services'", source=src,
+                          key_path="(top)")
+    services = data.get("services")
+    _expect(isinstance(services, Mapping) and len(services) > 0, "a non-empty [services] table", services, src,
+            "services")
+    return {name: _entry(name, raw, src) for name, raw in services.items()}

@@ -1,0 +1,160 @@
+"""The subchannel manager: one grpc channel per address, reconciled against each state.
+
+Runs only on the channel's control thread. Reconciliation has two phases: the
+diff (which addresses are new, kept, gone) is computed first, then channel I/O
+happens; nothing is held locked while channels are created or closed. Readers
+on other threads (``Channel.backends()``) see an immutable tuple swapped in
+whole.
+
+A removed backend leaves the tuple at once (so the next picker cannot return
+it) and its channel is closed only when its in-flight RPCs are done or its
+grace period ends: grpc's sync ``Channel.close()`` would cancel them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import grpc
+
+from .address import Address, ResolverState
+from .backend import Backend
+from .control import ControlLoop, Timer
+
+__all__ = ["SubchannelManager"]
+
+log = logging.getLogger(__name__)
+
+_C = grpc.ChannelConnectivity
+
+
+class SubchannelManager:
+    """Owns every backend of one channel. Control thread only, except :attr:`backends`.
+
+    ``make_channel`` builds the grpc channel for an address; ``drain_grace``
+    bounds how long a removed backend may keep its in-flight RPCs.
+    """
+
+    def __init__(
+        self,
+        loop: ControlLoop,
+        make_channel: Callable[[Address], grpc.Channel],
+        *,
+        drain_grace: float = 30.0,
+    ) -> None:
+        self._loop = loop
+        self._make_channel = make_channel
+        self.drain_grace = drain_grace
+        self.backends: tuple[Backend, ...] = ()
+        self._by_addr: dict[str, Backend] = {}
+        self._draining: dict[Backend, Timer | None] = {}
+        self._state: ResolverState | None = None
+        self.created = 0
+        self.closed = 0
+
+    @property
+    def draining(self) -> tuple[Backend, ...]:
+        return tuple(self._draining)
+
+    def update(self, state: ResolverState) -> bool:
+        """Reconcile with ``state``; True if the backend set changed in any way."""
+        if state == self._state:
+            return False
+        self._state = state
+        # Phase 1: the diff, no I/O. Duplicate addresses keep their first entry.
+        wanted: dict[str, Address] = {}
+        for a in state.addresses:
+            wanted.setdefault(a.addr, a)
+        old = self._by_addr
+        added = [a for key, a in wanted.items() if key not in old]
+        removed = [b for key, b in old.items() if key not in wanted]
+        # Phase 2: channel I/O.
+        new_by_addr: dict[str, Backend] = {}
+        fresh = {a.addr: self._create(a) for a in added}
+        changed = bool(added or removed)
+        for key, a in wanted.items():
+            b = old.get(key)
+            if b is None:
+                b = fresh[key]
+            elif b.address != a:
+                # Same endpoint, new weight/attributes: no channel churn.
+                b.address = a
+                changed = True
+            new_by_addr[key] = b
+        if not changed and tuple(new_by_addr) == tuple(old):
+            return False
+        self._by_addr = new_by_addr
+        self.backends = tuple(new_by_addr.values())
+        for b in removed:
+            self._drain(b)
+        return True
+
+    def _create(self, address: Address) -> Backend:
+        self.created += 1
+        b = Backend(address, self._make_channel(address))
+        b.poll()
+        return b
+
+    def _drain(self, b: Backend) -> None:
+        if b.start_drain(self._drained_elsewhere):
+            self._close(b)
+            return
+        timer = self._loop.call_later(self.drain_grace, lambda: self._grace_over(b))
+        self._draining[b] = timer
+
+    def _drained_elsewhere(self, b: Backend) -> None:
+        # Called on whatever thread finished the last RPC; closing a channel
+        # from its own completion thread is unsafe, so hop to the loop.
+        self._loop.submit(lambda: self._close(b))
+
+    def _grace_over(self, b: Backend) -> None:
+        if b in self._draining:
+            log.info("backend %s still had %d RPCs after %.1fs grace; closing", b.addr, b.in_flight,
+                     self.drain_grace)
+            self._close(b)
+
+    def _close(self, b: Backend) -> None:
+        timer = self._draining.pop(b, None)
+        if timer is not None:
+            timer.cancel()
+        if b.channel is not None:
+            self.closed += 1
+            b.close()
+
+    def poll(self, backends: Iterable[Backend] | None = None) -> bool:
+        """Re-read connectivity of ``backends`` (default all); True if any changed."""
+        changed = False
+        for b in self.backends if backends is None else backends:
+            if not b.closing and b.poll():
+                changed = True
+        return changed
+
+    def watched(self) -> list[Backend]:
+        """Backends in a transition worth polling quickly.
+
+        CONNECTING ones, and IDLE ones a balancer has just asked to connect.
+        """
+        return [
+            b for b in self.backends
+            if b.state is _C.CONNECTING or (b.connect_requested and b.state is _C.IDLE)
+        ]
+
+    def close_all(self) -> None:
+        """Close every backend, draining ones included (cancels their RPCs)."""
+        for b in list(self._draining):
+            self._close(b)
+        for b in self.backends:
+            self.closed += 1
+            b.close()
+        self.backends = ()
+        self._by_addr = {}
+
+    def start_drain_all(self) -> list[Backend]:
+        """Move every backend to draining (for a graceful channel close)."""
+        out = list(self.backends)
+        self.backends = ()
+        self._by_addr = {}
+        for b in out:
+            self._drain(b)
+        return out

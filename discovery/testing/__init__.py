@@ -1,0 +1,241 @@
+"""Test helpers shipped with the package, for this project's tests and users' own.
+
+- :class:`ManualResolver` / :class:`ManualResolverBuilder`: a resolver a test
+  pushes address sets and errors into (grpc-go's ``manual`` resolver).
+- :class:`RecordingListener`: a :class:`~discovery.resolver.ResolverListener`
+  that records what a resolver pushes and lets a test wait for it.
+- :class:`FakeClock`: a clock a test advances by hand, so interval and backoff
+  logic runs without sleeping.
+- :class:`FakeSubConn`: a backend stand-in for balancer unit tests.
+- :mod:`discovery.testing.conformance`: a test-suite base class resolver
+  plugin authors subclass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from ..address import Address, ResolverState
+from ..errors import ResolverError
+from ..resolver import Resolver, ResolverBuilder, ResolverListener, ResolverOptions
+from ..target import Target
+
+__all__ = [
+    "FakeClock",
+    "FakeSubConn",
+    "ManualResolver",
+    "ManualResolverBuilder",
+    "RecordingListener",
+    "addresses",
+]
+
+
+def addresses(*hostports: str, **kwargs: Any) -> tuple[Address, ...]:
+    """``addresses("127.0.0.1:5001", "127.0.0.1:5002")`` as Address values."""
+    from ..target import parse_host_port
+
+    out = []
+    for hp in hostports:
+        host, port = parse_host_port(hp, None)
+        out.append(Address(host, port, **kwargs))
+    return tuple(out)
+
+
+class FakeClock:
+    """A manual clock. ``advance()`` moves time and wakes waiters whose time has come.
+
+    ``wait()`` blocks the calling thread until its event is set or the fake
+    time reaches its deadline; it never returns because real time passed.
+    Thread-safe.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._cond = threading.Condition()
+        self._waiting = 0
+        self._events: list[threading.Event] = []
+
+    def monotonic(self) -> float:
+        with self._cond:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` and wake every waiter to re-check."""
+        with self._cond:
+            self._now += seconds
+            self._cond.notify_all()
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        with self._cond:
+            deadline = None if timeout is None else self._now + timeout
+            self._waiting += 1
+            self._events.append(event)
+            self._cond.notify_all()
+            try:
+                while not event.is_set() and (deadline is None or self._now < deadline):
+                    # Event.set() cannot notify this condition, so re-check it
+                    # often; advance() and wake() notify at once.
+                    self._cond.wait(0.01)
+                return event.is_set()
+            finally:
+                self._waiting -= 1
+                self._events.remove(event)
+                self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Make waiters re-check their events now (after setting one)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def waiters(self) -> int:
+        """How many threads are blocked in :meth:`wait` right now."""
+        with self._cond:
+            return self._waiting
+
+    def wait_for_waiters(self, n: int = 1, timeout: float = 5.0) -> bool:
+        """Block (real time) until at least ``n`` threads wait on this clock."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._waiting >= n, timeout)
+
+
+class RecordingListener:
+    """Records resolver output; tests wait on it with timeouts. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.states: list[ResolverState] = []
+        self.errors: list[ResolverError] = []
+
+    def update_state(self, state: ResolverState) -> None:
+        with self._cond:
+            self.states.append(state)
+            self._cond.notify_all()
+
+    def report_error(self, error: ResolverError) -> None:
+        with self._cond:
+            self.errors.append(error)
+            self._cond.notify_all()
+
+    @property
+    def last(self) -> ResolverState | None:
+        with self._cond:
+            return self.states[-1] if self.states else None
+
+    def wait_for_state(
+        self, predicate: Callable[[ResolverState], bool] = lambda s: True, timeout: float = 5.0
+    ) -> ResolverState:
+        """The first state (oldest first) matching ``predicate``, waiting up to ``timeout``."""
+        found: list[ResolverState] = []
+
+        def check() -> bool:
+            for s in self.states:
+                if predicate(s):
+                    found.append(s)
+                    return True
+            return False
+
+        with self._cond:
+            if not self._cond.wait_for(check, timeout):
+                raise TimeoutError(f"no matching resolver state within {timeout}s; got {self.states!r}")
+        return found[0]
+
+    def wait_for_count(self, states: int = 0, errors: int = 0, timeout: float = 5.0) -> None:
+        """Wait until at least ``states`` states and ``errors`` errors arrived."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: len(self.states) >= states and len(self.errors) >= errors, timeout
+            )
+        if not ok:
+            raise TimeoutError(
+                f"wanted {states} states/{errors} errors within {timeout}s, "
+                f"got {len(self.states)}/{len(self.errors)}"
+            )
+
+
+class ManualResolver(Resolver):
+    """A resolver a test drives: :meth:`push` a state, :meth:`fail` an error."""
+
+    def __init__(self, listener: ResolverListener, initial: ResolverState | None) -> None:
+        self._listener = listener
+        self._closed = False
+        self.resolve_now_calls = 0
+        if initial is not None:
+            listener.update_state(initial)
+
+    def push(self, state: ResolverState | Iterable[Address]) -> None:
+        """Publish ``state`` (or a plain iterable of addresses) to the channel."""
+        if not isinstance(state, ResolverState):
+            state = ResolverState(tuple(state))
+        if not self._closed:
+            self._listener.update_state(state)
+
+    def fail(self, message: str) -> None:
+        """Report a resolver error; the channel keeps its last good set."""
+        if not self._closed:
+            self._listener.report_error(ResolverError(message))
+
+    def resolve_now(self) -> None:
+        self.resolve_now_calls += 1
+
+    def close(self) -> None:
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class ManualResolverBuilder(ResolverBuilder):
+    """Builds :class:`ManualResolver` instances for a scheme of the test's choosing.
+
+    Register it (``register_resolver(b, scheme="manual", replace=True)``), open
+    a channel on ``manual:///anything`` and drive :attr:`resolver`.
+    """
+
+    _counter = itertools.count()
+
+    def __init__(self, scheme: str = "manual", initial: ResolverState | None = None) -> None:
+        self.scheme_name = scheme
+        self.initial = initial
+        self.resolvers: list[ManualResolver] = []
+        self._built = threading.Condition()
+
+    def build(self, target: Target, listener: ResolverListener, options: ResolverOptions) -> ManualResolver:
+        r = ManualResolver(listener, self.initial)
+        with self._built:
+            self.resolvers.append(r)
+            self._built.notify_all()
+        return r
+
+    def default_authority(self, target: Target) -> str | None:
+        return None
+
+    @property
+    def resolver(self) -> ManualResolver:
+        """The most recently built resolver."""
+        with self._built:
+            if not self._built.wait_for(lambda: bool(self.resolvers), 5.0):
+                raise TimeoutError("no channel built a manual resolver")
+            return self.resolvers[-1]
+
+
+@dataclass(eq=False)
+class FakeSubConn:
+    """A backend stand-in for balancer tests; ``connect()`` is recorded."""
+
+    address: Address
+    state: grpc.ChannelConnectivity = grpc.ChannelConnectivity.IDLE
+    healthy: bool = True
+    ejected: bool = False
+    in_flight: int = 0
+    connects: int = field(default=0)
+
+    def connect(self) -> None:
+        self.connects += 1
