@@ -29,13 +29,13 @@ from .errors import (
     UnknownSchemeError,
 )
 from .registry import (
-    balancers,
+    registered_balancers,
     get_balancer,
     get_resolver,
     has_resolver,
     register_balancer,
     register_resolver,
-    resolvers,
+    registered_resolvers,
     unregister_balancer,
     unregister_resolver,
 )
@@ -67,7 +67,7 @@ __all__ = [
     "TargetError",
     "UnknownPolicyError",
     "UnknownSchemeError",
-    "balancers",
+    "registered_balancers",
     "channel_from_config",
     "get_balancer",
     "get_resolver",
@@ -76,7 +76,7 @@ __all__ = [
     "parse_target",
     "register_balancer",
     "register_resolver",
-    "resolvers",
+    "registered_resolvers",
     "secure_channel",
     "unregister_balancer",
     "unregister_resolver",

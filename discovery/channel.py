@@ -250,6 +250,9 @@ class _Core:
             if self.closed:
                 return
             self.closed = True
+            # New RPCs must not reach a backend from now on; wait_pick turns
+            # this into grpc's "closed channel" error.
+            self.picker = ErrorPicker("channel closed")
             self.cond.notify_all()
         done = threading.Event()
 

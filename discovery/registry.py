@@ -28,12 +28,12 @@ from .resolver import ResolverBuilder
 __all__ = [
     "BALANCER_GROUP",
     "RESOLVER_GROUP",
-    "balancers",
+    "registered_balancers",
     "get_balancer",
     "get_resolver",
     "register_balancer",
     "register_resolver",
-    "resolvers",
+    "registered_resolvers",
     "unregister_balancer",
     "unregister_resolver",
 ]
@@ -206,11 +206,11 @@ def balancer_names() -> set[str]:
     return _balancers.names()
 
 
-def resolvers() -> Mapping[str, ResolverBuilder]:
+def registered_resolvers() -> Mapping[str, ResolverBuilder]:
     """A read-only snapshot of every loadable resolver builder, by scheme."""
     return _resolvers.view()
 
 
-def balancers() -> Mapping[str, BalancerBuilder]:
+def registered_balancers() -> Mapping[str, BalancerBuilder]:
     """A read-only snapshot of every loadable balancer builder, by policy name."""
     return _balancers.view()

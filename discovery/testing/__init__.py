@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,27 @@ __all__ = [
     "ManualResolverBuilder",
     "RecordingListener",
     "addresses",
+    "wait_for",
 ]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01,
+             message: str = "") -> Any:
+    """Re-check ``predicate`` until it returns something truthy; return that.
+
+    For conditions with no event to wait on (a server's call counter, a
+    channel's backend list). Raises TimeoutError naming ``message`` after
+    ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(message or f"condition not met within {timeout}s")
+        pause.wait(interval)
 
 
 def addresses(*hostports: str, **kwargs: Any) -> tuple[Address, ...]:

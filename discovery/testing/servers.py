@@ -1,0 +1,159 @@
+"""Real grpc servers on loopback for tests: a tiny echo service plus the health service.
+
+:class:`BackendServer` needs no generated code (bytes in, bytes out), so
+plugin authors can use it in their own tests. Every response names the
+backend that served it, which is what traffic-split tests count.
+
+Methods (all under ``/discovery.testing.Echo/``):
+
+- ``Unary``: returns the server's name.
+- ``ServerStream``: the request is a decimal count; streams that many replies,
+  each waiting on :attr:`BackendServer.gate` first (set by default, so a test
+  can hold a stream open by clearing it).
+- ``ClientStream``: returns ``name:count`` of the requests received.
+- ``Bidi``: answers each request with ``name:request``.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+__all__ = ["SERVICE", "BackendServer", "EchoStub"]
+
+SERVICE = "discovery.testing.Echo"
+_HealthStatus = health_pb2.HealthCheckResponse
+
+
+def _ident(b: bytes) -> bytes:
+    return b
+
+
+class BackendServer:
+    """A grpc server on ``host:port`` (port 0 picks one) with echo and health services.
+
+    ``fail_with`` makes every echo RPC fail with that status code; ``calls``
+    counts echo RPCs by method. :meth:`stop` and :meth:`start` can be repeated;
+    a restart binds the same port. Thread-safe.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
+                 max_workers: int = 16) -> None:
+        self.host = host
+        self.port = port
+        self._name = name
+        self.max_workers = max_workers
+        self.fail_with: grpc.StatusCode | None = None
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.active = 0
+        self._lock = threading.Lock()
+        self._server: grpc.Server | None = None
+        self.health: health.HealthServicer | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name or self.addr
+
+    @property
+    def addr(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.calls.values())
+
+    def _count(self, method: str, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self.calls[method] += 1
+        if self.fail_with is not None:
+            context.abort(self.fail_with, f"{self.name} fails every RPC with {self.fail_with.name}")
+
+    def _unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._count("Unary", context)
+        return self.name.encode()
+
+    def _server_stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._count("ServerStream", context)
+        with self._lock:
+            self.active += 1
+        try:
+            for _ in range(int(request or b"1")):
+                while not self.gate.wait(0.05):
+                    if not context.is_active():
+                        return
+                yield self.name.encode()
+        finally:
+            with self._lock:
+                self.active -= 1
+
+    def _client_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        self._count("ClientStream", context)
+        n = sum(1 for _ in requests)
+        return f"{self.name}:{n}".encode()
+
+    def _bidi(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._count("Bidi", context)
+        for r in requests:
+            yield self.name.encode() + b":" + r
+
+    def start(self) -> BackendServer:
+        """Start (or restart on the same port). Returns self."""
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers))
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(self._unary, _ident, _ident),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream, _ident, _ident),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(self._client_stream, _ident, _ident),
+            "Bidi": grpc.stream_stream_rpc_method_handler(self._bidi, _ident, _ident),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        # experimental_non_blocking=False: the default mode can deadlock when
+        # set() races a closing Watch (grpc/grpc PR #43403).
+        self.health = health.HealthServicer(experimental_non_blocking=False)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        bound = server.add_insecure_port(self.addr)
+        if bound == 0:
+            raise RuntimeError(f"cannot bind {self.host}:{self.port}")
+        self.port = bound
+        server.start()
+        self.health.set("", _HealthStatus.SERVING)
+        self.health.set(SERVICE, _HealthStatus.SERVING)
+        self._server = server
+        return self
+
+    def set_health(self, status: Any, service: str = SERVICE) -> None:
+        """Set the health status (a ``HealthCheckResponse.ServingStatus``) of ``service``."""
+        assert self.health is not None
+        self.health.set(service, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop; with ``grace`` in-flight RPCs may finish. Blocks until stopped."""
+        if self._server is not None:
+            self._server.stop(grace).wait(10)
+            self._server = None
+
+    def __enter__(self) -> BackendServer:
+        return self.start() if self._server is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EchoStub:
+    """Client-side multicallables for the echo service, on any grpc.Channel."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        p = f"/{SERVICE}/"
+        self.Unary = channel.unary_unary(p + "Unary", _ident, _ident)
+        self.ServerStream = channel.unary_stream(p + "ServerStream", _ident, _ident)
+        self.ClientStream = channel.stream_unary(p + "ClientStream", _ident, _ident)
+        self.Bidi = channel.stream_stream(p + "Bidi", _ident, _ident)

@@ -1,0 +1,112 @@
+"""The subchannel manager: diffs, no churn on identical updates, drain of removed backends."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+
+from discovery import Address, ResolverState
+from discovery.address import Attributes
+from discovery.control import ControlLoop
+from discovery.manager import SubchannelManager
+from discovery.testing import FakeClock
+
+
+@pytest.fixture
+def manager():  # type: ignore[no-untyped-def]
+    clock = FakeClock()
+    loop = ControlLoop("m", clock)
+    made: list[grpc.Channel] = []
+
+    def make(a: Address) -> grpc.Channel:
+        # Real grpc channels to ports nobody listens on: nothing connects
+        # until asked, which is all these tests need.
+        ch = grpc.insecure_channel(a.addr)
+        made.append(ch)
+        return ch
+
+    m = SubchannelManager(loop, make, drain_grace=5.0)
+    yield m, loop, clock, made
+    on_loop(loop, m.close_all)
+    loop.stop()
+
+
+def on_loop(loop: ControlLoop, fn):  # type: ignore[no-untyped-def]
+    out: list[object] = []
+    done = threading.Event()
+
+    def run() -> None:
+        out.append(fn())
+        done.set()
+
+    loop.submit(run)
+    assert done.wait(5)
+    return out[0]
+
+
+def state(*ports: int, weight: int = 1) -> ResolverState:
+    return ResolverState(tuple(Address("127.0.0.1", p, weight=weight) for p in ports))
+
+
+def test_identical_state_causes_no_churn(manager) -> None:  # type: ignore[no-untyped-def]
+    m, loop, _, made = manager
+    assert on_loop(loop, lambda: m.update(state(1, 2, 3)))
+    before = m.backends
+    assert not on_loop(loop, lambda: m.update(state(1, 2, 3)))
+    assert m.backends is before and len(made) == 3
+
+
+def test_diff_keeps_unchanged_backends_and_creates_only_new_ones(manager) -> None:  # type: ignore[no-untyped-def]
+    m, loop, _, made = manager
+    on_loop(loop, lambda: m.update(state(1, 2, 3)))
+    kept = {b.addr: b for b in m.backends}
+    on_loop(loop, lambda: m.update(state(2, 3, 4)))
+    assert [b.addr for b in m.backends] == ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]
+    assert m.backends[0] is kept["127.0.0.1:2"] and m.backends[1] is kept["127.0.0.1:3"]
+    assert len(made) == 4 and m.closed == 1  # the idle removed backend closed at once
+
+
+def test_weight_change_updates_address_without_a_new_channel(manager) -> None:  # type: ignore[no-untyped-def]
+    m, loop, _, made = manager
+    on_loop(loop, lambda: m.update(state(1)))
+    b = m.backends[0]
+    new = ResolverState((Address("127.0.0.1", 1, weight=5, attributes=Attributes({"zone": "a"})),))
+    assert on_loop(loop, lambda: m.update(new))
+    assert m.backends[0] is b and b.address.weight == 5 and len(made) == 1
+
+
+def test_removed_backend_with_rpcs_in_flight_drains_then_closes(manager) -> None:  # type: ignore[no-untyped-def]
+    m, loop, _, _ = manager
+    on_loop(loop, lambda: m.update(state(1, 2)))
+    b = m.backends[0]
+    b.begin()
+    on_loop(loop, lambda: m.update(state(2)))
+    assert b not in m.backends and b in m.draining and m.closed == 0
+    b.end()  # the last RPC finishing closes it, on the loop thread
+    from discovery.testing import wait_for
+
+    wait_for(lambda: m.closed == 1, message="drained backend was not closed")
+    assert not m.draining
+
+
+def test_drain_grace_bounds_the_wait(manager) -> None:  # type: ignore[no-untyped-def]
+    m, loop, clock, _ = manager
+    on_loop(loop, lambda: m.update(state(1, 2)))
+    b = m.backends[0]
+    b.begin()  # never ends
+    on_loop(loop, lambda: m.update(state(2)))
+    clock.advance(4.9)
+    on_loop(loop, lambda: None)
+    assert m.closed == 0
+    clock.advance(0.2)
+    from discovery.testing import wait_for
+
+    wait_for(lambda: m.closed == 1, message="grace period did not close the backend")
+
+
+def test_duplicate_addresses_keep_one_backend(manager) -> None:  # type: ignore[no-untyped-def]
+    m, loop, _, made = manager
+    on_loop(loop, lambda: m.update(state(1, 1, 2)))
+    assert [b.addr for b in m.backends] == ["127.0.0.1:1", "127.0.0.1:2"] and len(made) == 2
