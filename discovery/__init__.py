@@ -139,6 +139,7 @@ def _open(
         balancer_factory=lambda core: balancer_builder.build(core, sc.policy_config),
         make_channel=make_channel,
         settings=settings,
+        service_config=sc,
     )
 
 

@@ -183,3 +183,147 @@ class DeferredFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
 
     def details(self) -> Any:
         return self._wait(None).details()
+
+
+class CompletedCall(grpc.Future, grpc.Call):  # type: ignore[misc]
+    """A finished successful call: the response plus grpc's call object for metadata."""
+
+    def __init__(self, response: Any, call: Any) -> None:
+        self._response = response
+        self._call = call
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._response
+
+    def exception(self, timeout: float | None = None) -> None:
+        return None
+
+    def traceback(self, timeout: float | None = None) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._call.trailing_metadata()
+
+    def code(self) -> Any:
+        return self._call.code()
+
+    def details(self) -> Any:
+        return self._call.details()
+
+
+Restart = Callable[[list[Any], grpc.RpcError, int], "tuple[Any, int] | None"]
+
+
+class ReplayableStream(grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A server-streaming call that may be restarted on another backend until its first message.
+
+    ``restart(tried, error, attempt)`` returns a new grpc call and the attempt
+    number, or None to give up. Once a message has arrived the stream is
+    committed to its backend and errors pass through unchanged.
+    """
+
+    __slots__ = ("_attempt", "_call", "_committed", "_restart", "_tried")
+
+    def __init__(self, call: Any, restart: Restart) -> None:
+        self._call = call
+        self._restart = restart
+        self._committed = False
+        self._tried: list[Any] = []
+        self._attempt = 1
+
+    def __iter__(self) -> ReplayableStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._committed:
+            return next(self._call)
+        while True:
+            try:
+                message = next(self._call)
+            except grpc.RpcError as exc:
+                if not self._tried:
+                    self._tried.append(None)  # placeholder for the first backend, unknown here
+                outcome = self._restart(self._tried, exc, self._attempt)
+                if outcome is None:
+                    raise
+                self._call, self._attempt = outcome
+                continue
+            self._committed = True
+            return message
+
+    # Everything else is the current attempt's.
+    def cancel(self) -> bool:
+        self._committed = True
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def running(self) -> bool:
+        return bool(self._call.running())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._call.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._call.exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._call.traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._call.add_done_callback(lambda _f: fn(self))
+
+    def is_active(self) -> bool:
+        return bool(self._call.is_active())
+
+    def time_remaining(self) -> float | None:
+        return self._call.time_remaining()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return bool(self._call.add_callback(callback))
+
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._call.trailing_metadata()
+
+    def code(self) -> Any:
+        return self._call.code()
+
+    def details(self) -> Any:
+        return self._call.details()
+
+    def debug_error_string(self) -> Any:
+        return self._call.debug_error_string()

@@ -63,6 +63,12 @@ class Backend:
         "channel",
         "closing",
         "connect_requested",
+        "consecutive_failures",
+        "failures",
+        "health_checked",
+        "on_consecutive",
+        "consecutive_limit",
+        "successes",
         "ejected",
         "healthy",
         "in_flight",
@@ -82,6 +88,13 @@ class Backend:
         self.last_error = ""
         self.closing = False
         self.connect_requested = False
+        # Outcome counters for outlier detection; written under _lock by end().
+        self.successes = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.consecutive_limit = 0
+        self.on_consecutive: Callable[[Backend], None] | None = None
+        self.health_checked = False
         self.callables: dict[CallableKey, Any] = {}
         self._lock = threading.Lock()
         self._on_idle: Callable[[Backend], None] | None = None
@@ -103,13 +116,30 @@ class Backend:
         with self._lock:
             self.in_flight += 1
 
-    def end(self, *_: object) -> None:
-        """An RPC on this backend ended (also usable as a done-callback)."""
+    def end(self, failed: bool = False) -> None:
+        """An RPC on this backend ended; ``failed`` if its status counts as a failure."""
         with self._lock:
             self.in_flight -= 1
             drained = self.closing and self.in_flight == 0
+            if failed:
+                self.failures += 1
+                self.consecutive_failures += 1
+                hit = self.consecutive_failures == self.consecutive_limit
+            else:
+                self.successes += 1
+                self.consecutive_failures = 0
+                hit = False
+        if hit and self.on_consecutive is not None:
+            self.on_consecutive(self)
         if drained and self._on_idle is not None:
             self._on_idle(self)
+
+    def take_counts(self) -> tuple[int, int]:
+        """(successes, failures) since the last call, resetting both. Any thread."""
+        with self._lock:
+            out = (self.successes, self.failures)
+            self.successes = self.failures = 0
+            return out
 
     # -- control plane ----------------------------------------------------
 
@@ -126,6 +156,10 @@ class Backend:
         if new is self.state:
             return False
         self.state = new
+        # grpcio's core runs the gRFC A17 health check and reports a backend
+        # that is not SERVING as TRANSIENT_FAILURE; with checking on, that is
+        # the only signal there is (see README, "Health checking").
+        self.healthy = not (self.health_checked and new is _C.TRANSIENT_FAILURE)
         return True
 
     def start_drain(self, on_idle: Callable[[Backend], None]) -> bool:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import abc
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import grpc
 
 from .address import Address
+from .clock import Clock
 
 __all__ = [
+    "DEFAULT_FAILURE_CODES",
     "Balancer",
     "BalancerBuilder",
     "BalancerHelper",
@@ -34,30 +36,36 @@ __all__ = [
 Metadata = Sequence[tuple[str, str | bytes]]
 Connectivity = grpc.ChannelConnectivity
 
+# Statuses counted as a backend failure (outlier detection) unless a policy
+# says otherwise: the ones that point at the backend rather than the request.
+DEFAULT_FAILURE_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+})
+
 
 class SubConn(Protocol):
     """A balancer's view of one backend (a grpc channel to one address).
 
     Attributes are read without locks; they may change between two reads.
+    ``ejected`` is the one a policy writes (outlier detection), on the
+    control thread. ``successes``/``failures`` count finished RPCs;
+    :meth:`take_counts` reads and resets them.
     """
 
-    @property
-    def address(self) -> Address: ...
-
-    @property
-    def state(self) -> grpc.ChannelConnectivity: ...
-
-    @property
-    def healthy(self) -> bool: ...
-
-    @property
-    def ejected(self) -> bool: ...
-
-    @property
-    def in_flight(self) -> int: ...
+    address: Address
+    state: grpc.ChannelConnectivity
+    healthy: bool
+    ejected: bool
+    in_flight: int
+    consecutive_failures: int
 
     def connect(self) -> None:
         """Ask an IDLE backend to start connecting. Never blocks."""
+        ...
+
+    def take_counts(self) -> tuple[int, int]:
+        """(successes, failures) since the last call, resetting both. Thread-safe."""
         ...
 
 
@@ -109,8 +117,27 @@ class ErrorPicker(Picker):
 class BalancerHelper(Protocol):
     """What the channel offers a balancer. Call only from the control thread."""
 
+    @property
+    def clock(self) -> Clock:
+        """The channel's clock (injected in tests)."""
+        ...
+
     def update_picker(self, state: grpc.ChannelConnectivity, picker: Picker) -> None:
         """Publish a new picker and the channel's aggregate connectivity."""
+        ...
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> Any:
+        """Run ``fn`` on the control thread after ``delay`` seconds; returns a cancellable timer."""
+        ...
+
+    def rebalance(self) -> None:
+        """Call the balancer's ``update`` again with the current backends, soon."""
+        ...
+
+    def track_outcomes(self, failure_codes: frozenset[grpc.StatusCode], consecutive_limit: int,
+                       on_limit: Callable[[SubConn], None] | None) -> None:
+        """Count ``failure_codes`` as backend failures; call ``on_limit(b)`` (control
+        thread) when ``b`` fails ``consecutive_limit`` RPCs in a row."""
         ...
 
 

@@ -18,15 +18,17 @@ from typing import Any
 
 import grpc
 
-from ._calls import DeferredFuture, LocalRpcError
+from ._calls import CompletedCall, DeferredFuture, LocalRpcError, ReplayableStream
 from .address import Address, ResolverState
 from .backend import Backend, BackendSnapshot, CallableKey
-from .balancer import Balancer, ErrorPicker, Metadata, Picker, QueuePicker, SubConn
+from .balancer import DEFAULT_FAILURE_CODES, Balancer, ErrorPicker, Metadata, Picker, QueuePicker, SubConn
 from .clock import SYSTEM_CLOCK, Clock
+from .config import ServiceConfig
 from .control import ControlLoop, Timer
 from .errors import ResolverError
 from .manager import SubchannelManager
 from .resolver import Resolver
+from .retry import RetryPolicy, RetryThrottle, never_sent, policy_for_method
 
 __all__ = ["Channel", "ChannelSettings"]
 
@@ -82,6 +84,11 @@ class _Core:
         self.resolver_error = ""
         self.conn_error = ""
         self.has_state = False
+        self.failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES
+        self.method_config: Any = ()
+        self.throttle: RetryThrottle | None = None
+        self._consecutive_limit = 0
+        self._on_limit: Callable[[SubConn], None] | None = None
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
         self._poll_timer: Timer | None = None
         self._poll_due = 0.0
@@ -104,6 +111,38 @@ class _Core:
             self.picker = picker
             self.cond.notify_all()
         self._set_state(state)
+
+    @property
+    def clock(self) -> Clock:
+        return self.settings.clock
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> Timer:
+        """Run ``fn`` on the control thread after ``delay`` seconds of the channel's clock."""
+        return self.loop.call_later(delay, lambda: None if self.closed else fn())
+
+    def rebalance(self) -> None:
+        """Give the balancer the current backends again (e.g. after an ejection)."""
+        self.loop.submit(lambda: None if self.closed else self._rebalance())
+
+    def track_outcomes(self, failure_codes: frozenset[grpc.StatusCode], consecutive_limit: int,
+                       on_limit: Callable[[SubConn], None] | None) -> None:
+        """Which statuses count as backend failures, and a callback at N failures in a row."""
+        self.failure_codes = failure_codes
+        self._consecutive_limit = consecutive_limit
+        self._on_limit = on_limit
+        for b in self.manager.backends:
+            self.configure_backend(b, b.health_checked)
+
+    def configure_backend(self, b: Backend, health_checked: bool) -> None:
+        b.health_checked = health_checked
+        b.consecutive_limit = self._consecutive_limit if self._on_limit is not None else 0
+        b.on_consecutive = self._consecutive_hit if self._on_limit is not None else None
+
+    def _consecutive_hit(self, b: Backend) -> None:
+        # Runs on the thread that finished the RPC; the policy runs on ours.
+        on_limit = self._on_limit
+        if on_limit is not None:
+            self.loop.submit(lambda: None if self.closed or b.closing else on_limit(b))
 
     # -- control thread ---------------------------------------------------
 
@@ -198,6 +237,9 @@ class _Core:
 
     # -- data plane helpers (any thread) ----------------------------------
 
+    def retry_policy(self, method: str) -> RetryPolicy | None:
+        return policy_for_method(self.method_config, method)
+
     def explain(self, picker: Picker) -> str:
         parts = [f"no backend available for {self.target}: {picker.reason}"]
         if self.resolver_note:
@@ -236,9 +278,17 @@ class _Core:
                 self.cond.wait(remaining)
         return b, (None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def failed(self, backend: Backend, exc: BaseException) -> None:
-        """Bookkeeping after an RPC on ``backend`` failed. Cheap; any thread."""
+    def failed(self, backend: Backend, exc: BaseException, policy: RetryPolicy | None = None) -> None:
+        """Close the books on an RPC that ended with an error on ``backend``. Any thread.
+
+        Ends the in-flight count (counting a failure if the status is one
+        outlier detection counts), charges the retry throttle, and after
+        UNAVAILABLE re-reads the backend's connectivity at once.
+        """
         code = exc.code() if isinstance(exc, grpc.Call) else None
+        backend.end(code in self.failure_codes)
+        if self.throttle is not None and policy is not None and code in policy.retryable:
+            self.throttle.on_failure()
         if code is _UNAVAILABLE:
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             backend.last_error = details or ""
@@ -301,38 +351,104 @@ class _Core:
 
 
 class _MultiCallable:
-    __slots__ = ("_core", "_key", "_method")
+    __slots__ = ("_core", "_key", "_method", "_retry")
 
     def __init__(self, core: _Core, kind: str, method: str, ser: Any, deser: Any, registered: bool) -> None:
         self._core = core
         self._method = method
         self._key: CallableKey = (kind, method, ser, deser, registered)
+        # Looked up once here, not per RPC: None for the common case of no policy.
+        self._retry: RetryPolicy | None = (
+            core.retry_policy(method) if kind in ("unary_unary", "unary_stream") else None
+        )
 
-    def _pick(
-        self, timeout: float | None, metadata: Metadata | None, wait_for_ready: bool | None
+    def _pick_avoiding(
+        self, tried: list[Backend], timeout: float | None, metadata: Metadata | None, wait_for_ready: bool | None
     ) -> tuple[Backend, float | None]:
+        """A backend not in ``tried`` when the picker offers one (Envoy's previous-hosts rule)."""
         core = self._core
-        b = core.picker.pick(self._method, metadata)
+        picker = core.picker
+        b = None
+        for _ in range(len(tried) + 1):
+            b = picker.pick(self._method, metadata)
+            if b is None or b not in tried:
+                break
         if b is None:
             b, timeout = core.wait_pick(self._method, metadata, timeout, wait_for_ready)
         return b, timeout  # type: ignore[return-value]
 
+    def _should_retry(self, exc: grpc.RpcError, tried: int, attempt: int, deadline: float | None) -> float | None:
+        """Seconds to wait before going again (0 for a transparent re-pick), or None to give up."""
+        core = self._core
+        if never_sent(exc):
+            # Bounded so an address set whose every backend refuses cannot spin.
+            return 0.0 if tried <= len(core.manager.backends) else None
+        policy = self._retry
+        if policy is None or exc.code() not in policy.retryable or attempt >= policy.max_attempts:
+            return None
+        if core.throttle is not None and not core.throttle.allows_retry():
+            return None
+        delay = policy.backoff(attempt)
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            return None
+        return delay
+
+    def _invoke(self, attr: str, request: Any, timeout: float | None, metadata: Any, credentials: Any,
+                wait_for_ready: bool | None, compression: Any, tried: list[Backend] | None = None,
+                exc: grpc.RpcError | None = None) -> Any:
+        """One blocking unary-request call with re-picks and retries; see :mod:`discovery.retry`."""
+        core = self._core
+        deadline = None if timeout is None else time.monotonic() + timeout
+        tried = tried if tried is not None else []
+        attempt = 1
+        while True:
+            if exc is not None:
+                delay = self._should_retry(exc, len(tried), attempt, deadline)
+                if delay is None:
+                    raise exc
+                if delay > 0:
+                    attempt += 1
+                    threading.Event().wait(delay)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            b, remaining = self._pick_avoiding(tried, remaining, metadata, wait_for_ready)
+            mc = b.callables.get(self._key) or b.callable(self._key)
+            b.begin()
+            try:
+                result = getattr(mc, attr)(request, remaining, metadata, credentials, wait_for_ready and False,
+                                           compression)
+            except grpc.RpcError as e:
+                core.failed(b, e, self._retry)
+                tried.append(b)
+                exc = e
+                continue
+            b.end()
+            if core.throttle is not None and self._retry is not None:
+                core.throttle.on_success()
+            return result
+
     def _blocking(self, attr: str, arg: Any, timeout: Any, metadata: Any, credentials: Any,
                   wait_for_ready: Any, compression: Any) -> Any:
-        b, timeout = self._pick(timeout, metadata, wait_for_ready)
-        mc = b.callables.get(self._key) or b.callable(self._key)
-        b.begin()
+        """A blocking call whose request cannot be replayed (client streaming)."""
+        core = self._core
+        b = core.picker.pick(self._method, metadata)
+        if b is None:
+            b, timeout = core.wait_pick(self._method, metadata, timeout, wait_for_ready)
+        mc = b.callables.get(self._key) or b.callable(self._key)  # type: ignore[attr-defined]
+        b.begin()  # type: ignore[attr-defined]
         try:
-            return getattr(mc, attr)(arg, timeout, metadata, credentials, wait_for_ready, compression)
+            result = getattr(mc, attr)(arg, timeout, metadata, credentials, wait_for_ready and False, compression)
         except grpc.RpcError as exc:
-            self._core.failed(b, exc)
+            core.failed(b, exc)  # type: ignore[arg-type]
             raise
-        finally:
-            b.end()
+        b.end()  # type: ignore[attr-defined]
+        return result
 
     def _future(self, arg: Any, timeout: Any, metadata: Any, credentials: Any, wait_for_ready: Any,
                 compression: Any) -> Any:
         core = self._core
+        if self._retry is not None:
+            return DeferredFuture(lambda: CompletedCall(*self._invoke(
+                "with_call", arg, timeout, metadata, credentials, wait_for_ready, compression)))
         b = core.picker.pick(self._method, metadata)
         if b is None:
             try:
@@ -342,52 +458,43 @@ class _MultiCallable:
             except LocalRpcError as exc:
                 return exc
             return DeferredFuture(
-                lambda: self._start_future(*self._pick(timeout, metadata, wait_for_ready), arg, metadata,
-                                           credentials, wait_for_ready, compression)
+                lambda: self._start(*core.wait_pick(self._method, metadata, timeout, wait_for_ready), "future", arg,
+                                    metadata, credentials, wait_for_ready, compression)
             )
-        return self._start_future(b, timeout, arg, metadata, credentials, wait_for_ready, compression)
+        return self._start(b, timeout, "future", arg, metadata, credentials, wait_for_ready, compression)
 
-    def _start_future(self, b: Backend, timeout: Any, arg: Any, metadata: Any, credentials: Any,
-                      wait_for_ready: Any, compression: Any) -> Any:
+    def _start(self, b: Any, timeout: Any, attr: str, arg: Any, metadata: Any, credentials: Any,
+               wait_for_ready: Any, compression: Any) -> Any:
+        """Start a non-blocking call (future or stream) on ``b``; account for it when it ends."""
         mc = b.callables.get(self._key) or b.callable(self._key)
         b.begin()
         try:
-            fut = mc.future(arg, timeout, metadata, credentials, wait_for_ready, compression)
+            call = getattr(mc, attr)(arg, timeout, metadata, credentials, wait_for_ready and False, compression)
         except BaseException:
             b.end()
             raise
         core = self._core
 
         def done(f: Any) -> None:
-            b.end()
-            if f.code() is not grpc.StatusCode.OK:
-                core.failed(b, f)
-
-        fut.add_done_callback(done)
-        return fut
-
-    def _stream(self, arg: Any, timeout: Any, metadata: Any, credentials: Any, wait_for_ready: Any,
-                compression: Any) -> Any:
-        try:
-            b, timeout = self._pick(timeout, metadata, wait_for_ready)
-        except LocalRpcError as exc:
-            return exc
-        mc = b.callables.get(self._key) or b.callable(self._key)
-        b.begin()
-        try:
-            call = mc(arg, timeout, metadata, credentials, wait_for_ready, compression)
-        except BaseException:
-            b.end()
-            raise
-        core = self._core
-
-        def done(f: Any) -> None:
-            b.end()
-            if f.code() is not grpc.StatusCode.OK:
+            code = f.code()
+            if code is grpc.StatusCode.OK:
+                b.end()
+            else:
                 core.failed(b, f)
 
         call.add_done_callback(done)
         return call
+
+    def _stream(self, arg: Any, timeout: Any, metadata: Any, credentials: Any, wait_for_ready: Any,
+                compression: Any) -> Any:
+        core = self._core
+        b = core.picker.pick(self._method, metadata)
+        if b is None:
+            try:
+                b, timeout = core.wait_pick(self._method, metadata, timeout, wait_for_ready)
+            except LocalRpcError as exc:
+                return exc
+        return self._start(b, timeout, "__call__", arg, metadata, credentials, wait_for_ready, compression)
 
 
 class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
@@ -398,6 +505,8 @@ class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore
                  compression: grpc.Compression | None = None) -> Any:
         # The hot path, written out rather than shared, to keep it to one
         # picker read, one dict lookup and two uncontended lock operations.
+        if self._retry is not None:
+            return self._invoke("__call__", request, timeout, metadata, credentials, wait_for_ready, compression)
         core = self._core
         b = core.picker.pick(self._method, metadata)
         if b is None:
@@ -405,17 +514,22 @@ class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore
         mc = b.callables.get(self._key) or b.callable(self._key)  # type: ignore[attr-defined]
         b.begin()  # type: ignore[attr-defined]
         try:
-            return mc(request, timeout, metadata, credentials, wait_for_ready, compression)
+            # wait_for_ready is the channel's job: a backend that just failed
+            # must not hold the RPC while others could serve it.
+            response = mc(request, timeout, metadata, credentials, wait_for_ready and False, compression)
         except grpc.RpcError as exc:
             core.failed(b, exc)  # type: ignore[arg-type]
+            if never_sent(exc):
+                return self._invoke("__call__", request, timeout, metadata, credentials, wait_for_ready,
+                                    compression, [b], exc)  # type: ignore[list-item]
             raise
-        finally:
-            b.end()  # type: ignore[attr-defined]
+        b.end()  # type: ignore[attr-defined]
+        return response
 
     def with_call(self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
                   credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
                   compression: grpc.Compression | None = None) -> Any:
-        return self._blocking("with_call", request, timeout, metadata, credentials, wait_for_ready, compression)
+        return self._invoke("with_call", request, timeout, metadata, credentials, wait_for_ready, compression)
 
     def future(self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
                credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
@@ -429,7 +543,27 @@ class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: igno
     def __call__(self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
                  credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
-        return self._stream(request, timeout, metadata, credentials, wait_for_ready, compression)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        call = self._stream(request, timeout, metadata, credentials, wait_for_ready, compression)
+        if isinstance(call, LocalRpcError):
+            return call
+
+        def restart(tried: list[Backend], exc: grpc.RpcError, attempt: int) -> tuple[Any, int] | None:
+            # Called by the stream before its first message arrived: the
+            # request is replayable until then.
+            delay = self._should_retry(exc, len(tried), attempt, deadline)
+            if delay is None:
+                return None
+            if delay > 0:
+                attempt += 1
+                threading.Event().wait(delay)
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            b, remaining = self._pick_avoiding(tried, remaining, metadata, wait_for_ready)
+            tried.append(b)
+            return self._start(b, remaining, "__call__", request, metadata, credentials, wait_for_ready,
+                               compression), attempt
+
+        return ReplayableStream(call, restart)
 
 
 class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -551,10 +685,17 @@ def build_channel(
     balancer_factory: Callable[[_Core], Balancer],
     make_channel: Callable[[Address], grpc.Channel],
     settings: ChannelSettings,
+    service_config: ServiceConfig,
 ) -> Channel:
     """Assemble a channel. Every part is built before anything starts resolving."""
     core = _Core(target, settings)
-    core.manager = SubchannelManager(core.loop, make_channel, drain_grace=settings.drain_grace)
+    core.method_config = service_config.method_config
+    if service_config.retry_throttling is not None:
+        core.throttle = RetryThrottle(service_config.retry_throttling["maxTokens"],
+                                      service_config.retry_throttling["tokenRatio"])
+    health_checked = service_config.health_service_name is not None
+    core.manager = SubchannelManager(core.loop, make_channel, drain_grace=settings.drain_grace,
+                                     configure=lambda b: core.configure_backend(b, health_checked))
     try:
         core.balancer = balancer_factory(core)
         core.resolver = resolver_factory(core)

@@ -98,7 +98,8 @@ def _expect(cond: bool, what: str, value: Any, source: str | None, key_path: str
         raise ConfigError(f"expected {what}, got {value!r}", source=source, key_path=key_path)
 
 
-def _select_policy(lbc: Any, source: str | None, key_path: str) -> tuple[str, Any]:
+def select_policy(lbc: Any, source: str | None, key_path: str) -> tuple[str, Any]:
+    """The first registered policy of a ``loadBalancingConfig`` list and its parsed config."""
     _expect(isinstance(lbc, Sequence) and not isinstance(lbc, str) and len(lbc) > 0,
             "a non-empty list of {policy_name: {config}} objects", lbc, source, key_path)
     names = []
@@ -148,6 +149,13 @@ def _check_method_config(mc: Any, source: str | None, key_path: str) -> None:
         for k in ("retryPolicy", "hedgingPolicy"):
             if k in entry:
                 _expect(isinstance(entry[k], Mapping), "an object", entry[k], source, f"{path}.{k}")
+        if "retryPolicy" in entry:
+            from .retry import RetryPolicy
+
+            try:
+                RetryPolicy.parse(entry["retryPolicy"], f"{path}.retryPolicy")
+            except ConfigError as exc:
+                raise ConfigError(str(exc), source=source) from exc
 
 
 def parse_service_config(value: Mapping[str, Any] | str | None, *, source: str | None = None,
@@ -167,15 +175,15 @@ def parse_service_config(value: Mapping[str, Any] | str | None, *, source: str |
         raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(_TOP_KEYS)}",
                           source=source, key_path=key_path)
     if "loadBalancingConfig" in value:
-        policy, policy_config = _select_policy(value["loadBalancingConfig"], source,
+        policy, policy_config = select_policy(value["loadBalancingConfig"], source,
                                                f"{key_path}.loadBalancingConfig")
     elif "loadBalancingPolicy" in value:
         name = value["loadBalancingPolicy"]
         _expect(isinstance(name, str), "a policy name", name, source, f"{key_path}.loadBalancingPolicy")
-        policy, policy_config = _select_policy([{name.lower(): {}}], source,
+        policy, policy_config = select_policy([{name.lower(): {}}], source,
                                                f"{key_path}.loadBalancingPolicy")
     else:
-        policy, policy_config = _select_policy([{DEFAULT_POLICY: {}}], source, key_path)
+        policy, policy_config = select_policy([{DEFAULT_POLICY: {}}], source, key_path)
     health = None
     if "healthCheckConfig" in value:
         hc = value["healthCheckConfig"]
@@ -196,8 +204,14 @@ def parse_service_config(value: Mapping[str, Any] | str | None, *, source: str |
         _expect(isinstance(tr, int | float) and not isinstance(tr, bool) and tr > 0,
                 "a number > 0", tr, source, f"{path}.tokenRatio")
     backend: dict[str, Any] = {}
-    if method_config:
-        backend["methodConfig"] = _thawed(_frozen(method_config))
+    # Retries are this library's job (each attempt on another backend), so
+    # backend channels get the method configs without retry or hedging
+    # policies, and no retry throttling: grpcio would otherwise retry on the
+    # same backend underneath.
+    per_backend = [{k: v for k, v in _thawed(_frozen(m)).items() if k not in ("retryPolicy", "hedgingPolicy")}
+                   for m in method_config]
+    if any(set(m) - {"name"} for m in per_backend):
+        backend["methodConfig"] = per_backend
     if health is not None:
         # gRPC core runs gRFC A17 health checks only under a policy that
         # supports them; round_robin over the one address does.

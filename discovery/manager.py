@@ -42,8 +42,10 @@ class SubchannelManager:
         make_channel: Callable[[Address], grpc.Channel],
         *,
         drain_grace: float = 30.0,
+        configure: Callable[[Backend], None] | None = None,
     ) -> None:
         self._loop = loop
+        self._configure = configure
         self._make_channel = make_channel
         self.drain_grace = drain_grace
         self.backends: tuple[Backend, ...] = ()
@@ -93,6 +95,8 @@ class SubchannelManager:
     def _create(self, address: Address) -> Backend:
         self.created += 1
         b = Backend(address, self._make_channel(address))
+        if self._configure is not None:
+            self._configure(b)
         b.poll()
         return b
 

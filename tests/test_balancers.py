@@ -31,10 +31,10 @@ def subconns(n: int, state: grpc.ChannelConnectivity = C.READY) -> list[FakeSubC
     return [FakeSubConn(a, state=state) for a in addresses(*(f"127.0.0.1:{5000 + i}" for i in range(n)))]
 
 
-def build(name: str) -> tuple[Helper, object]:
+def build(name: str, config: dict[str, object] | None = None) -> tuple[Helper, object]:
     h = Helper()
     b = get_balancer(name)
-    return h, b.build(h, b.parse_config({}, key_path="x"))
+    return h, b.build(h, b.parse_config(config or {}, key_path="x"))
 
 
 def test_round_robin_spreads_evenly_over_ready_backends_only() -> None:
@@ -49,7 +49,7 @@ def test_round_robin_spreads_evenly_over_ready_backends_only() -> None:
 
 
 def test_round_robin_excludes_unhealthy_and_ejected() -> None:
-    h, rr = build("round_robin")
+    h, rr = build("round_robin", {"panicThreshold": 0})
     scs = subconns(3)
     scs[0].healthy = False
     scs[1].ejected = True
@@ -72,7 +72,7 @@ def test_round_robin_all_failed_is_transient_failure_with_reason() -> None:
     rr.update(subconns(2, C.TRANSIENT_FAILURE))  # type: ignore[attr-defined]
     state, picker = h.last
     assert state is C.TRANSIENT_FAILURE and isinstance(picker, ErrorPicker) and not picker.queue
-    assert picker.reason == "0 of 2 backends ready (2 TRANSIENT_FAILURE)"
+    assert "0 of 2 backends ready (2 TRANSIENT_FAILURE)" in picker.reason
     rr.update([])  # type: ignore[attr-defined]
     assert h.last[1].reason == "no addresses"
 
@@ -149,8 +149,46 @@ def test_describe_states() -> None:
     assert describe_states(scs) == "2 of 3 backends ready (1 IDLE)"
 
 
-def test_policies_without_options_reject_options() -> None:
+def test_policies_reject_unknown_options() -> None:
     from discovery.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="round_robin.*takes no options"):
+    with pytest.raises(ConfigError, match="pick_first.*takes no options"):
+        get_balancer("pick_first").parse_config({"x": 1}, key_path="lb")
+    with pytest.raises(ConfigError, match=r"lb: unknown option\(s\) \['x'\] for round_robin"):
         get_balancer("round_robin").parse_config({"x": 1}, key_path="lb")
+    with pytest.raises(ConfigError, match="lb.panicMode"):
+        get_balancer("round_robin").parse_config({"panicMode": "scream"}, key_path="lb")
+    with pytest.raises(ConfigError, match="lb.panicThreshold"):
+        get_balancer("round_robin").parse_config({"panicThreshold": 150}, key_path="lb")
+
+
+def test_panic_spread_uses_ejected_backends_when_too_few_are_usable() -> None:
+    h, rr = build("round_robin")  # Envoy's default: 50 %, spread
+    scs = subconns(4)
+    for s in scs[:3]:
+        s.ejected = True
+    rr.update(scs)  # type: ignore[attr-defined]
+    state, picker = h.last
+    assert state is C.READY
+    assert {picker.pick("/m", None) for _ in range(8)} == set(scs)
+    scs[0].ejected = scs[1].ejected = False  # 3 of 4 usable: out of panic
+    rr.update(scs)  # type: ignore[attr-defined]
+    assert {h.last[1].pick("/m", None) for _ in range(8)} == {scs[0], scs[1], scs[3]}
+
+
+def test_panic_fail_mode_fails_fast_and_says_why() -> None:
+    h, rr = build("round_robin", {"panicThreshold": 60, "panicMode": "fail"})
+    scs = subconns(5)
+    scs[0].state = scs[1].state = scs[2].state = C.TRANSIENT_FAILURE
+    rr.update(scs)  # type: ignore[attr-defined]
+    state, picker = h.last
+    assert state is C.TRANSIENT_FAILURE and not picker.queue
+    assert picker.pick("/m", None) is None
+    assert picker.reason == "panic: 2 of 5 backends usable, below the 60% threshold"
+
+
+def test_panic_spread_with_nothing_connected_fails_fast_with_the_states() -> None:
+    h, rr = build("round_robin")
+    rr.update(subconns(2, C.TRANSIENT_FAILURE))  # type: ignore[attr-defined]
+    state, picker = h.last
+    assert state is C.TRANSIENT_FAILURE and "panic" in picker.reason and "0 of 2 backends ready" in picker.reason

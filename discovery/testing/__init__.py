@@ -257,6 +257,14 @@ class FakeSubConn:
     ejected: bool = False
     in_flight: int = 0
     connects: int = field(default=0)
+    successes: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
 
     def connect(self) -> None:
         self.connects += 1
+
+    def take_counts(self) -> tuple[int, int]:
+        out = (self.successes, self.failures)
+        self.successes = self.failures = 0
+        return out
