@@ -42,8 +42,10 @@ class ChannelSettings:
     """Knobs of the control plane (not grpc channel arguments).
 
     ``fast_poll`` is how often backends in a transition (CONNECTING, or asked to
-    connect) are re-read; ``slow_poll`` how often every backend is; ``drain_grace``
-    how long a removed backend may finish its in-flight RPCs.
+    connect) are re-read; ``slow_poll`` how often every backend is (this bounds
+    how late a health-check or connection change is seen); ``drain_grace`` how
+    long a removed backend may finish its in-flight RPCs. ``clock`` is what
+    policies (ejection times) and resolvers (re-resolution) measure time with.
     """
 
     __slots__ = ("clock", "drain_grace", "fast_poll", "slow_poll")
@@ -76,7 +78,10 @@ class _Core:
         self.state: grpc.ChannelConnectivity = _C.IDLE
         self.cond = threading.Condition(threading.Lock())
         self.closed = False
-        self.loop = ControlLoop(f"discovery-control {target}", settings.clock)
+        # The loop (polls, drain grace) runs on real time; settings.clock is
+        # what policies and resolvers measure intervals with, so tests can
+        # move ejection and re-resolution time without stalling connectivity.
+        self.loop = ControlLoop(f"discovery-control {target}")
         self.manager: SubchannelManager  # set by Channel
         self.balancer: Balancer
         self.resolver: Resolver | None = None
@@ -172,7 +177,7 @@ class _Core:
     def _schedule_poll(self) -> None:
         """Make sure the next poll comes soon enough for the current transitions."""
         s = self.settings
-        now = s.clock.monotonic()
+        now = self.loop.clock.monotonic()
         delay = s.fast_poll if self.manager.watched() else max(0.0, self._next_full_poll - now) or s.slow_poll
         due = now + delay
         if self._poll_timer is not None and not self._poll_timer.cancelled and self._poll_due <= due:
@@ -186,7 +191,7 @@ class _Core:
         if self.closed:
             return
         self._poll_timer = None
-        now = self.settings.clock.monotonic()
+        now = self.loop.clock.monotonic()
         if now >= self._next_full_poll:
             self._next_full_poll = now + self.settings.slow_poll
             changed = self.manager.poll()

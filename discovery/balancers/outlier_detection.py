@@ -100,6 +100,7 @@ class OutlierDetection(Balancer):
         self._backends: tuple[SubConn, ...] = ()
         self._states: dict[str, _State] = {}
         self._closed = False
+        self.ticks = 0  # intervals evaluated so far (tests wait on it)
         helper.track_outcomes(cfg.failure_codes, cfg.consecutive_errors,
                               self._on_consecutive if cfg.consecutive_errors else None)
         self._timer = helper.schedule(cfg.interval, self._tick)
@@ -173,6 +174,7 @@ class OutlierDetection(Balancer):
                 log.info("backend %s returns from ejection", b.address.addr)
         if changed:
             self._child.update(self._backends)
+        self.ticks += 1
         self._timer = self._helper.schedule(cfg.interval, self._tick)
 
     def _success_rate(self, sr: SuccessRate, counts: dict[SubConn, tuple[int, int]]) -> bool:

@@ -44,12 +44,15 @@ class BackendServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
-                 max_workers: int = 16) -> None:
+                 max_workers: int = 16, with_health: bool = True) -> None:
         self.host = host
         self.port = port
         self._name = name
         self.max_workers = max_workers
         self.fail_with: grpc.StatusCode | None = None
+        self.with_health = with_health
+        # Makes the health service's Watch fail with this status (a broken health endpoint).
+        self.health_fails_with: grpc.StatusCode | None = None
         self.gate = threading.Event()
         self.gate.set()
         self.calls: collections.Counter[str] = collections.Counter()
@@ -116,17 +119,19 @@ class BackendServer:
             "Bidi": grpc.stream_stream_rpc_method_handler(self._bidi, _ident, _ident),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        # experimental_non_blocking=False: the default mode can deadlock when
-        # set() races a closing Watch (grpc/grpc PR #43403).
-        self.health = health.HealthServicer(experimental_non_blocking=False)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self.with_health:
+            # experimental_non_blocking=False: the default mode can deadlock
+            # when set() races a closing Watch (grpc/grpc PR #43403).
+            self.health = _Health(self)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         bound = server.add_insecure_port(self.addr)
         if bound == 0:
             raise RuntimeError(f"cannot bind {self.host}:{self.port}")
         self.port = bound
         server.start()
-        self.health.set("", _HealthStatus.SERVING)
-        self.health.set(SERVICE, _HealthStatus.SERVING)
+        if self.health is not None:
+            self.health.set("", _HealthStatus.SERVING)
+            self.health.set(SERVICE, _HealthStatus.SERVING)
         self._server = server
         return self
 
@@ -146,6 +151,18 @@ class BackendServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _Health(health.HealthServicer):  # type: ignore[misc]
+    def __init__(self, owner: BackendServer) -> None:
+        super().__init__(experimental_non_blocking=False)
+        self._owner = owner
+
+    def Watch(self, request: Any, context: grpc.ServicerContext, *args: Any, **kwargs: Any) -> Any:
+        code = self._owner.health_fails_with
+        if code is not None:
+            context.abort(code, "health endpoint broken on purpose")
+        return super().Watch(request, context, *args, **kwargs)
 
 
 class EchoStub:
