@@ -19,14 +19,19 @@ import threading
 import traceback as _tb
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
+
+if TYPE_CHECKING:
+    _Future = grpc.Future[Any]
+else:  # grpc.Future is generic only in the type stubs
+    _Future = grpc.Future
 
 __all__ = ["DeferredFuture", "LocalRpcError"]
 
 
-class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
+class LocalRpcError(grpc.RpcError, grpc.Call, _Future):
     """An RPC failed by the channel itself, before it reached a backend."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
@@ -52,7 +57,7 @@ class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc
     def is_active(self) -> bool:
         return False
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]
         return None
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
@@ -97,7 +102,7 @@ class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc
     __str__ = __repr__
 
 
-class DeferredFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
+class DeferredFuture(_Future, grpc.Call):
     """A future whose real call starts once ``start()`` (run on a helper thread) returns it."""
 
     def __init__(self, start: Callable[[], Any]) -> None:
@@ -166,7 +171,7 @@ class DeferredFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
     def is_active(self) -> bool:
         return self._inner is None or self._inner.is_active()
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]
         return None if self._inner is None else self._inner.time_remaining()
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
@@ -185,7 +190,7 @@ class DeferredFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         return self._wait(None).details()
 
 
-class CompletedCall(grpc.Future, grpc.Call):  # type: ignore[misc]
+class CompletedCall(_Future, grpc.Call):
     """A finished successful call: the response plus grpc's call object for metadata."""
 
     def __init__(self, response: Any, call: Any) -> None:
@@ -219,7 +224,7 @@ class CompletedCall(grpc.Future, grpc.Call):  # type: ignore[misc]
     def is_active(self) -> bool:
         return False
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]
         return None
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
@@ -241,7 +246,7 @@ class CompletedCall(grpc.Future, grpc.Call):  # type: ignore[misc]
 Restart = Callable[[list[Any], grpc.RpcError, int], "tuple[Any, int] | None"]
 
 
-class ReplayableStream(grpc.Call, grpc.Future):  # type: ignore[misc]
+class ReplayableStream(grpc.Call, _Future):
     """A server-streaming call that may be restarted on another backend until its first message.
 
     ``restart(tried, error, attempt)`` returns a new grpc call and the attempt
@@ -307,7 +312,7 @@ class ReplayableStream(grpc.Call, grpc.Future):  # type: ignore[misc]
     def is_active(self) -> bool:
         return bool(self._call.is_active())
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]
         return self._call.time_remaining()  # type: ignore[no-any-return]
 
     def add_callback(self, callback: Callable[[], None]) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-from grpc import _common  # noqa: PLC2701 - see module docstring
+from grpc import _common
 
 __all__ = ["state_reader"]
 

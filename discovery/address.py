@@ -21,7 +21,7 @@ class Attributes(Mapping[str, Any]):
     to decide whether an update changed anything.
     """
 
-    __slots__ = ("_items", "_hash")
+    __slots__ = ("_hash", "_items")
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()):
         pairs = items.items() if isinstance(items, Mapping) else items

@@ -14,9 +14,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
+
+if TYPE_CHECKING:
+    _UU = grpc.UnaryUnaryMultiCallable[Any, Any]
+    _US = grpc.UnaryStreamMultiCallable[Any, Any]
+    _SU = grpc.StreamUnaryMultiCallable[Any, Any]
+    _SS = grpc.StreamStreamMultiCallable[Any, Any]
+else:  # the multicallables are generic only in the type stubs
+    _UU = grpc.UnaryUnaryMultiCallable
+    _US = grpc.UnaryStreamMultiCallable
+    _SU = grpc.StreamUnaryMultiCallable
+    _SS = grpc.StreamStreamMultiCallable
 
 from ._calls import CompletedCall, DeferredFuture, LocalRpcError, ReplayableStream
 from .address import Address, ResolverState
@@ -502,7 +513,7 @@ class _MultiCallable:
         return self._start(b, timeout, "__call__", arg, metadata, credentials, wait_for_ready, compression)
 
 
-class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
+class _UnaryUnary(_MultiCallable, _UU):
     __slots__ = ()
 
     def __call__(self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
@@ -542,7 +553,7 @@ class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore
         return self._future(request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
-class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
+class _UnaryStream(_MultiCallable, _US):
     __slots__ = ()
 
     def __call__(self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
@@ -571,7 +582,7 @@ class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: igno
         return ReplayableStream(call, restart)
 
 
-class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
+class _StreamUnary(_MultiCallable, _SU):
     __slots__ = ()
 
     def __call__(self, request_iterator: Iterator[Any], timeout: float | None = None,
@@ -592,7 +603,7 @@ class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: igno
         return self._future(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
 
 
-class _StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+class _StreamStream(_MultiCallable, _SS):
     __slots__ = ()
 
     def __call__(self, request_iterator: Iterator[Any], timeout: float | None = None,
@@ -601,7 +612,7 @@ class _StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ig
         return self._stream(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
 
 
-class Channel(grpc.Channel):  # type: ignore[misc]
+class Channel(grpc.Channel):
     """A :class:`grpc.Channel` that resolves a target and balances RPCs over its backends.
 
     Build it with :func:`discovery.insecure_channel`, :func:`discovery.secure_channel`
@@ -620,22 +631,22 @@ class Channel(grpc.Channel):  # type: ignore[misc]
         return self._core.target
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                    _registered_method: bool | None = False) -> grpc.UnaryUnaryMultiCallable:
+                    _registered_method: bool | None = False) -> _UU:
         return _UnaryUnary(self._core, "unary_unary", method, request_serializer, response_deserializer,
                            bool(_registered_method))
 
     def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> grpc.UnaryStreamMultiCallable:
+                     _registered_method: bool | None = False) -> _US:
         return _UnaryStream(self._core, "unary_stream", method, request_serializer, response_deserializer,
                             bool(_registered_method))
 
     def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> grpc.StreamUnaryMultiCallable:
+                     _registered_method: bool | None = False) -> _SU:
         return _StreamUnary(self._core, "stream_unary", method, request_serializer, response_deserializer,
                             bool(_registered_method))
 
     def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
-                      _registered_method: bool | None = False) -> grpc.StreamStreamMultiCallable:
+                      _registered_method: bool | None = False) -> _SS:
         return _StreamStream(self._core, "stream_stream", method, request_serializer, response_deserializer,
                              bool(_registered_method))
 
@@ -675,7 +686,7 @@ class Channel(grpc.Channel):  # type: ignore[misc]
     def __enter__(self) -> Channel:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
 

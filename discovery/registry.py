@@ -19,7 +19,7 @@ import threading
 from collections.abc import Mapping
 from importlib.metadata import EntryPoint, entry_points
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .balancer import BalancerBuilder
 from .errors import PluginError, UnknownPolicyError, UnknownSchemeError
@@ -28,11 +28,11 @@ from .resolver import ResolverBuilder
 __all__ = [
     "BALANCER_GROUP",
     "RESOLVER_GROUP",
-    "registered_balancers",
     "get_balancer",
     "get_resolver",
     "register_balancer",
     "register_resolver",
+    "registered_balancers",
     "registered_resolvers",
     "unregister_balancer",
     "unregister_resolver",
@@ -55,10 +55,10 @@ B = TypeVar("B", ResolverBuilder, BalancerBuilder)
 
 
 class _Registry(Generic[B]):
-    def __init__(self, group: str, kind: str, base: type[B], unknown: type[Exception]):
+    def __init__(self, group: str, kind: str, base: type[Any], unknown: type[Exception]):
         self._group = group
         self._kind = kind
-        self._base = base
+        self._base: type[Any] = base
         self._unknown = unknown
         self._lock = threading.RLock()
         self._entries: dict[str, B] = {}
@@ -96,7 +96,7 @@ class _Registry(Generic[B]):
             log.error("skipping %s plugin %r (%s): %s", self._kind, name, ep.value, exc)
             return None
         self._entries[name] = builder
-        return builder
+        return builder  # type: ignore[no-any-return]
 
     def get(self, name: str) -> B:
         with self._lock:

@@ -119,7 +119,8 @@ def test_yaml_file_uses_safe_loading(tmp_path: Path) -> None:
      ('[services.a]\ntarget = "nosuch:///x"\n', "services.a.target: unknown resolver 'nosuch'"),
      ('[services.a]\ntarget = "static:///127.0.0.1:1"\noptions = { "grpc.x" = 1.5 }\n',
       r"services.a.options.grpc.x: expected an integer or a string"),
-     ('[services.a]\ntarget = "static:///127.0.0.1:1"\n[services.a.service_config]\nloadBalancingConfig = [{ magic = {} }]\n',
+     ('[services.a]\ntarget = "static:///127.0.0.1:1"\n'
+      '[services.a.service_config]\nloadBalancingConfig = [{ magic = {} }]\n',
       r"services.a.service_config.loadBalancingConfig: none of the policies \['magic'\]"),
      ('[services.a]\ntarget = "static:///127.0.0.1:1"\ntls = { ca_file = "/nonexistent.pem" }\n',
       "services.a.tls.ca_file: file '/nonexistent.pem' does not exist"),

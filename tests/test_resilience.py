@@ -228,7 +228,7 @@ def test_ok_and_client_side_codes_do_not_count_as_failures(start_backends) -> No
         stub = EchoStub(ch)
         fire(stub, 1)
         ready(ch, 5)
-        ok, failed = fire(stub, 50)
+        _, failed = fire(stub, 50)
         assert failed == 10
         balancer = ch._core.balancer
         seen = balancer.ticks

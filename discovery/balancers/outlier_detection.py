@@ -219,7 +219,8 @@ class OutlierDetectionBuilder(BalancerBuilder):
             p = f"{key_path}.successRateEjection"
             s = _section(raw["successRateEjection"], p,
                          {"stdevFactor", "enforcementPercentage", "minimumHosts", "requestVolume"})
-            sr = SuccessRate(_int(s, "stdevFactor", 1900, p, 0) / 1000, _int(s, "enforcementPercentage", 100, p, 0, 100),
+            sr = SuccessRate(_int(s, "stdevFactor", 1900, p, 0) / 1000,
+                             _int(s, "enforcementPercentage", 100, p, 0, 100),
                              _int(s, "minimumHosts", 5, p, 1), _int(s, "requestVolume", 100, p, 1))
         if "failurePercentageEjection" in raw:
             p = f"{key_path}.failurePercentageEjection"

@@ -153,7 +153,7 @@ class BackendServer:
         self.stop()
 
 
-class _Health(health.HealthServicer):  # type: ignore[misc]
+class _Health(health.HealthServicer):
     def __init__(self, owner: BackendServer) -> None:
         super().__init__(experimental_non_blocking=False)
         self._owner = owner
