@@ -1,0 +1,104 @@
+"""The demo: three local OrderService backends, one balancing client, one backend killed.
+
+    python -m examples.demo
+
+Starts three backend processes on loopback (no registry needed), sends
+CreateOrder RPCs through ``discovery.insecure_channel`` and prints the
+per-backend split; then stops one backend the way an orchestrator does
+(SIGTERM: it reports NOT_SERVING, drains, exits) and shows the traffic move
+to the other two without a failed RPC; then kills another one outright
+(SIGKILL) and shows the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+
+import grpc
+
+import discovery
+from examples.client import SERVICE_CONFIG, create_orders
+
+C = grpc.ChannelConnectivity
+
+
+def start_backend(name: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python -m examples.server`` on a free port; wait for its LISTENING line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "examples.server", "--host", "127.0.0.1", "--port", "0", "--name", name,
+         "--grace", "2", "--drain", "1", "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("LISTENING "):
+        proc.kill()
+        raise RuntimeError(f"backend {name} did not start: {line!r}")
+    return proc, line.split()[1]
+
+
+def show(title: str, channel: discovery.Channel, rpcs: int) -> None:
+    served, failed = create_orders(channel, rpcs)
+    split = ", ".join(f"{name}={count}" for name, count in sorted(served.items()))
+    print(f"{title:<44} {split}   failed={failed}")
+    for b in channel.backends():
+        flags = "" if b.healthy else " (unhealthy)"
+        print(f"    {b.address:<22} {b.state.name:<18}{flags}")
+
+
+def wait_until(predicate: object, timeout: float) -> bool:
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.05)):
+        if predicate():  # type: ignore[operator]
+            return True
+        pause.wait(0.05)
+    return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="grpc-discovery demo")
+    p.add_argument("--rpcs", type=int, default=300, help="RPCs per phase")
+    args = p.parse_args(argv)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        addrs = []
+        for name in ("b1", "b2", "b3"):
+            proc, addr = start_backend(name)
+            procs.append(proc)
+            addrs.append(addr)
+            print(f"started backend {name} on {addr} (pid {proc.pid})")
+        target = "static:///" + ",".join(addrs)
+        print(f"\nclient: discovery.insecure_channel({target!r}, service_config=...)\n")
+        with discovery.insecure_channel(target, service_config=SERVICE_CONFIG) as channel:
+            show("all three backends:", channel, args.rpcs)
+
+            print("\nSIGTERM to b1: it reports NOT_SERVING, drains for 1 s, then stops")
+            procs[0].send_signal(signal.SIGTERM)
+            wait_until(lambda: not channel.backends()[0].healthy or channel.backends()[0].state is not C.READY, 10)
+            show("after b1 left:", channel, args.rpcs)
+            procs[0].wait(10)
+
+            print("\nSIGKILL to b2: no warning at all")
+            procs[1].kill()
+            procs[1].wait(10)
+            show("after b2 was killed:", channel, args.rpcs)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine:
+# Knot DNS (the real DNS server the DNS plugin's tests start), then the
+# library, the DNS plugin and the development tools into the current Python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v knotd >/dev/null 2>&1 && [ ! -x /usr/sbin/knotd ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends knot >/dev/null
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e plugins/dns
