@@ -102,7 +102,59 @@ class LocalRpcError(grpc.RpcError, grpc.Call, _Future):
     __str__ = __repr__
 
 
-class DeferredFuture(_Future, grpc.Call):
+class _Delegating(_Future, grpc.Call):
+    """grpc.Call and grpc.Future methods answered by another call object, ``_target()``."""
+
+    def _target(self, timeout: float | None = None) -> Any:
+        raise NotImplementedError
+
+    def cancel(self) -> bool:
+        return bool(self._target().cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._target().cancelled())
+
+    def running(self) -> bool:
+        return bool(self._target().running())
+
+    def done(self) -> bool:
+        return bool(self._target().done())
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._target(timeout).result(timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._target(timeout).exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self._target(timeout).traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._target().add_done_callback(lambda _f: fn(self))
+
+    def is_active(self) -> bool:
+        return bool(self._target().is_active())
+
+    def time_remaining(self) -> float | None:  # type: ignore[override]
+        return self._target().time_remaining()  # type: ignore[no-any-return]
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return bool(self._target().add_callback(callback))
+
+    def initial_metadata(self) -> Any:
+        return self._target().initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._target().trailing_metadata()
+
+    def code(self) -> Any:
+        return self._target().code()
+
+    def details(self) -> Any:
+        return self._target().details()
+
+
+class DeferredFuture(_Delegating):
     """A future whose real call starts once ``start()`` (run on a helper thread) returns it."""
 
     def __init__(self, start: Callable[[], Any]) -> None:
@@ -129,12 +181,12 @@ class DeferredFuture(_Future, grpc.Call):
         for cb in callbacks:
             inner.add_done_callback(lambda _f, cb=cb: cb(self))
 
-    def _wait(self, timeout: float | None) -> Any:
+    def _target(self, timeout: float | None = None) -> Any:
         if not self._ready.wait(timeout):
             raise grpc.FutureTimeoutError()
         return self._inner
 
-    # grpc.Future
+    # Until the real call exists, answer from what is known instead of waiting.
     def cancel(self) -> bool:
         with self._lock:
             if self._inner is None:
@@ -151,15 +203,6 @@ class DeferredFuture(_Future, grpc.Call):
     def done(self) -> bool:
         return self._inner is not None and self._inner.done()
 
-    def result(self, timeout: float | None = None) -> Any:
-        return self._wait(timeout).result(timeout)
-
-    def exception(self, timeout: float | None = None) -> Any:
-        return self._wait(timeout).exception(timeout)
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        return self._wait(timeout).traceback(timeout)
-
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         with self._lock:
             if self._inner is None:
@@ -167,35 +210,22 @@ class DeferredFuture(_Future, grpc.Call):
                 return
         self._inner.add_done_callback(lambda _f: fn(self))
 
-    # grpc.Call / grpc.RpcContext
     def is_active(self) -> bool:
         return self._inner is None or self._inner.is_active()
 
     def time_remaining(self) -> float | None:  # type: ignore[override]
         return None if self._inner is None else self._inner.time_remaining()
 
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return bool(self._wait(None).add_callback(callback))
 
-    def initial_metadata(self) -> Any:
-        return self._wait(None).initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        return self._wait(None).trailing_metadata()
-
-    def code(self) -> Any:
-        return self._wait(None).code()
-
-    def details(self) -> Any:
-        return self._wait(None).details()
-
-
-class CompletedCall(_Future, grpc.Call):
-    """A finished successful call: the response plus grpc's call object for metadata."""
+class CompletedCall(_Delegating):
+    """A finished successful call: the response, plus grpc's call object for metadata."""
 
     def __init__(self, response: Any, call: Any) -> None:
         self._response = response
         self._call = call
+
+    def _target(self, timeout: float | None = None) -> Any:
+        return self._call
 
     def result(self, timeout: float | None = None) -> Any:
         return self._response
@@ -221,32 +251,11 @@ class CompletedCall(_Future, grpc.Call):
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         fn(self)
 
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float | None:  # type: ignore[override]
-        return None
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return False
-
-    def initial_metadata(self) -> Any:
-        return self._call.initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        return self._call.trailing_metadata()
-
-    def code(self) -> Any:
-        return self._call.code()
-
-    def details(self) -> Any:
-        return self._call.details()
-
 
 Restart = Callable[[list[Any], grpc.RpcError, int], "tuple[Any, int] | None"]
 
 
-class ReplayableStream(grpc.Call, _Future):
+class ReplayableStream(_Delegating):
     """A server-streaming call that may be restarted on another backend until its first message.
 
     ``restart(tried, error, attempt)`` returns a new grpc call and the attempt
@@ -254,14 +263,15 @@ class ReplayableStream(grpc.Call, _Future):
     committed to its backend and errors pass through unchanged.
     """
 
-    __slots__ = ("_attempt", "_call", "_committed", "_restart", "_tried")
-
-    def __init__(self, call: Any, restart: Restart) -> None:
+    def __init__(self, call: Any, restart: Restart, tried: list[Any]) -> None:
         self._call = call
         self._restart = restart
         self._committed = False
-        self._tried: list[Any] = []
+        self._tried = tried
         self._attempt = 1
+
+    def _target(self, timeout: float | None = None) -> Any:
+        return self._call
 
     def __iter__(self) -> ReplayableStream:
         return self
@@ -273,8 +283,6 @@ class ReplayableStream(grpc.Call, _Future):
             try:
                 message = next(self._call)
             except grpc.RpcError as exc:
-                if not self._tried:
-                    self._tried.append(None)  # placeholder for the first backend, unknown here
                 outcome = self._restart(self._tried, exc, self._attempt)
                 if outcome is None:
                     raise
@@ -283,52 +291,9 @@ class ReplayableStream(grpc.Call, _Future):
             self._committed = True
             return message
 
-    # Everything else is the current attempt's.
     def cancel(self) -> bool:
         self._committed = True
         return bool(self._call.cancel())
-
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled())
-
-    def running(self) -> bool:
-        return bool(self._call.running())
-
-    def done(self) -> bool:
-        return bool(self._call.done())
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self._call.result(timeout)
-
-    def exception(self, timeout: float | None = None) -> Any:
-        return self._call.exception(timeout)
-
-    def traceback(self, timeout: float | None = None) -> Any:
-        return self._call.traceback(timeout)
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        self._call.add_done_callback(lambda _f: fn(self))
-
-    def is_active(self) -> bool:
-        return bool(self._call.is_active())
-
-    def time_remaining(self) -> float | None:  # type: ignore[override]
-        return self._call.time_remaining()  # type: ignore[no-any-return]
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return bool(self._call.add_callback(callback))
-
-    def initial_metadata(self) -> Any:
-        return self._call.initial_metadata()
-
-    def trailing_metadata(self) -> Any:
-        return self._call.trailing_metadata()
-
-    def code(self) -> Any:
-        return self._call.code()
-
-    def details(self) -> Any:
-        return self._call.details()
 
     def debug_error_string(self) -> Any:
         return self._call.debug_error_string()

@@ -560,9 +560,14 @@ class _UnaryStream(_MultiCallable, _US):
                  credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
-        call = self._stream(request, timeout, metadata, credentials, wait_for_ready, compression)
-        if isinstance(call, LocalRpcError):
-            return call
+        core = self._core
+        b = core.picker.pick(self._method, metadata)
+        if b is None:
+            try:
+                b, timeout = core.wait_pick(self._method, metadata, timeout, wait_for_ready)
+            except LocalRpcError as exc:
+                return exc
+        call = self._start(b, timeout, "__call__", request, metadata, credentials, wait_for_ready, compression)
 
         def restart(tried: list[Backend], exc: grpc.RpcError, attempt: int) -> tuple[Any, int] | None:
             # Called by the stream before its first message arrived: the
@@ -579,7 +584,7 @@ class _UnaryStream(_MultiCallable, _US):
             return self._start(b, remaining, "__call__", request, metadata, credentials, wait_for_ready,
                                compression), attempt
 
-        return ReplayableStream(call, restart)
+        return ReplayableStream(call, restart, [b])
 
 
 class _StreamUnary(_MultiCallable, _SU):
