@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine:
-# Knot DNS (the real DNS server the DNS plugin's tests start), then the
+# Knot DNS (the real DNS server the DNS plugin's tests start) and openssl
+# (the TLS tests make their certificates with it), then the
 # library, the DNS plugin and the development tools into the current Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v knotd >/dev/null 2>&1 && [ ! -x /usr/sbin/knotd ]; then
+if { ! command -v knotd && [ ! -x /usr/sbin/knotd ]; } >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends knot >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends knot openssl >/dev/null
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e plugins/dns

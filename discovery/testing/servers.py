@@ -44,13 +44,16 @@ class BackendServer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
-                 max_workers: int = 16, with_health: bool = True) -> None:
+                 max_workers: int = 16, with_health: bool = True,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         self.host = host
         self.port = port
         self._name = name
         self.max_workers = max_workers
         self.fail_with: grpc.StatusCode | None = None
         self.with_health = with_health
+        self.credentials = credentials
+        self.last_metadata: tuple[tuple[str, Any], ...] = ()
         # Makes the health service's Watch fail with this status (a broken health endpoint).
         self.health_fails_with: grpc.StatusCode | None = None
         self.gate = threading.Event()
@@ -78,6 +81,7 @@ class BackendServer:
     def _count(self, method: str, context: grpc.ServicerContext) -> None:
         with self._lock:
             self.calls[method] += 1
+            self.last_metadata = tuple(context.invocation_metadata())
         if self.fail_with is not None:
             context.abort(self.fail_with, f"{self.name} fails every RPC with {self.fail_with.name}")
 
@@ -124,7 +128,10 @@ class BackendServer:
             # when set() races a closing Watch (grpc/grpc PR #43403).
             self.health = _Health(self)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        bound = server.add_insecure_port(self.addr)
+        if self.credentials is None:
+            bound = server.add_insecure_port(self.addr)
+        else:
+            bound = server.add_secure_port(self.addr, self.credentials)
         if bound == 0:
             raise RuntimeError(f"cannot bind {self.host}:{self.port}")
         self.port = bound
