@@ -320,7 +320,7 @@ class _Core:
             # this into grpc's "closed channel" error.
             self.picker = ErrorPicker("channel closed")
             self.cond.notify_all()
-        done = threading.Event()
+        started = threading.Event()
 
         def shutdown() -> None:
             if self.resolver is not None:
@@ -330,34 +330,20 @@ class _Core:
             self.balancer.close()
             if grace is None:
                 self.manager.close_all()
-                done.set()
-                return
-            self.manager.drain_grace = grace
-            self.manager.start_drain_all()
-            done.set()
+            else:
+                self.manager.drain_grace = grace
+                self.manager.start_drain_all()
+            started.set()
 
         self.loop.submit(shutdown)
-        done.wait(10.0)
+        started.wait(10.0)
         if grace is not None:
-            self._wait_drained(grace)
+            # Each draining backend closes itself when its last RPC ends or
+            # its grace timer fires; this only waits for that to happen.
+            self.manager.wait_drained(grace + 1.0)
         self.loop.submit(self.manager.close_all)
         self.loop.stop()
         self._set_state_closed()
-
-    def _wait_drained(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        drained = threading.Event()
-
-        def check() -> None:
-            if not self.manager.draining:
-                drained.set()
-            elif time.monotonic() < deadline:
-                self.loop.call_later(0.01, check)
-            else:
-                drained.set()
-
-        self.loop.submit(check)
-        drained.wait(grace + 5.0)
 
     def _set_state_closed(self) -> None:
         self.state = _C.SHUTDOWN

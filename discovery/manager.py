@@ -14,6 +14,7 @@ grace period ends: grpc's sync ``Channel.close()`` would cancel them.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -51,13 +52,15 @@ class SubchannelManager:
         self.backends: tuple[Backend, ...] = ()
         self._by_addr: dict[str, Backend] = {}
         self._draining: dict[Backend, Timer | None] = {}
+        self._drain_cond = threading.Condition()
         self._state: ResolverState | None = None
         self.created = 0
         self.closed = 0
 
     @property
     def draining(self) -> tuple[Backend, ...]:
-        return tuple(self._draining)
+        with self._drain_cond:
+            return tuple(self._draining)
 
     def update(self, state: ResolverState) -> bool:
         """Reconcile with ``state``; True if the backend set changed in any way."""
@@ -105,7 +108,8 @@ class SubchannelManager:
             self._close(b)
             return
         timer = self._loop.call_later(self.drain_grace, lambda: self._grace_over(b))
-        self._draining[b] = timer
+        with self._drain_cond:
+            self._draining[b] = timer
 
     def _drained_elsewhere(self, b: Backend) -> None:
         # Called on whatever thread finished the last RPC; closing a channel
@@ -119,12 +123,19 @@ class SubchannelManager:
             self._close(b)
 
     def _close(self, b: Backend) -> None:
-        timer = self._draining.pop(b, None)
+        with self._drain_cond:
+            timer = self._draining.pop(b, None)
+            self._drain_cond.notify_all()
         if timer is not None:
             timer.cancel()
         if b.channel is not None:
             self.closed += 1
             b.close()
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block until no backend is draining, or ``timeout``; any thread but the loop's."""
+        with self._drain_cond:
+            return self._drain_cond.wait_for(lambda: not self._draining, timeout)
 
     def poll(self, backends: Iterable[Backend] | None = None) -> bool:
         """Re-read connectivity of ``backends`` (default all); True if any changed."""
