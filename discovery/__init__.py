@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from .address import Address, Attributes, ResolverState
 from .backend import BackendSnapshot
@@ -132,6 +133,12 @@ def _open(
             return grpc.insecure_channel(address.addr, backend_opts, compression)
         return grpc.secure_channel(address.addr, credentials, backend_opts, compression)
 
+    def make_aio_channel(address: Address) -> grpc.aio.Channel:
+        # The twin that serves .future() calls: same arguments, same credentials.
+        if credentials is None:
+            return grpc.aio.insecure_channel(address.addr, backend_opts, compression)
+        return grpc.aio.secure_channel(address.addr, credentials, backend_opts, compression)
+
     opts = ResolverOptions(config=dict(resolver_config or {}), clock=settings.clock)
     return build_channel(
         target=target,
@@ -140,6 +147,7 @@ def _open(
         make_channel=make_channel,
         settings=settings,
         service_config=sc,
+        make_aio_channel=make_aio_channel,
     )
 
 

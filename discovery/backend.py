@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import grpc.aio
 
+from ._futures import AioTwin, shared_loop
 from ._grpc_compat import state_reader
 from .address import Address
 
@@ -55,10 +57,12 @@ class Backend:
     __slots__ = (
         "__weakref__",
         "_lock",
+        "_make_aio",
         "_on_idle",
         "_read_state",
         "addr",
         "address",
+        "aio_twin",
         "callables",
         "channel",
         "closing",
@@ -76,7 +80,8 @@ class Backend:
         "successes",
     )
 
-    def __init__(self, address: Address, channel: grpc.Channel) -> None:
+    def __init__(self, address: Address, channel: grpc.Channel,
+                 make_aio: Callable[[], grpc.aio.Channel] | None = None) -> None:
         self.address = address
         self.addr = address.addr
         self.channel = channel
@@ -98,6 +103,10 @@ class Backend:
         self.callables: dict[CallableKey, Any] = {}
         self._lock = threading.Lock()
         self._on_idle: Callable[[Backend], None] | None = None
+        # The grpc.aio twin that serves .future() calls (see discovery._futures),
+        # made on first use on the futures loop thread.
+        self._make_aio = make_aio
+        self.aio_twin: AioTwin | None = None
 
     # -- data plane -------------------------------------------------------
 
@@ -172,10 +181,22 @@ class Backend:
             self._on_idle = on_idle
             return self.in_flight == 0
 
+    def twin(self) -> AioTwin:
+        """The backend's grpc.aio twin channel, made on first use. Futures loop thread only."""
+        twin = self.aio_twin
+        if twin is None:
+            if self._make_aio is None:
+                raise RuntimeError(f"backend {self.addr} has no grpc.aio channel factory")
+            twin = self.aio_twin = AioTwin(self._make_aio())
+        return twin
+
     def close(self) -> None:
-        """Close the channel (cancels anything still in flight)."""
+        """Close the channel and its aio twin (cancels anything still in flight)."""
         self._on_idle = None
         self.channel.close()
+        twin = self.aio_twin
+        if twin is not None:
+            shared_loop().submit(twin.close)
 
     def snapshot(self) -> BackendSnapshot:
         return BackendSnapshot(self.addr, self.state, self.healthy, self.ejected, self.in_flight,

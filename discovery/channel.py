@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import grpc
+import grpc.aio
 
 if TYPE_CHECKING:
     _UU = grpc.UnaryUnaryMultiCallable[Any, Any]
@@ -30,6 +31,7 @@ else:  # the multicallables are generic only in the type stubs
     _SS = grpc.StreamStreamMultiCallable
 
 from ._calls import CompletedCall, DeferredFuture, LocalRpcError, ReplayableStream
+from ._futures import BridgedFuture, future_via_loop, shared_loop
 from .address import Address, ResolverState
 from .backend import Backend, BackendSnapshot, CallableKey
 from .balancer import DEFAULT_FAILURE_CODES, Balancer, ErrorPicker, Metadata, Picker, QueuePicker, SubConn
@@ -301,12 +303,13 @@ class _Core:
         outlier detection counts), charges the retry throttle, and after
         UNAVAILABLE re-reads the backend's connectivity at once.
         """
-        code = exc.code() if isinstance(exc, grpc.Call) else None
+        code_of = getattr(exc, "code", None)  # grpc.Call, or grpc.aio's AioRpcError
+        code = code_of() if code_of is not None else None
         backend.end(code in self.failure_codes)
         if self.throttle is not None and policy is not None and code in policy.retryable:
             self.throttle.on_failure()
         if code is _UNAVAILABLE:
-            details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+            details = exc.details() if hasattr(exc, "details") else str(exc)
             backend.last_error = details or ""
             self.conn_error = f"{backend.addr}: {details}"
             self.recheck(backend)
@@ -536,7 +539,41 @@ class _UnaryUnary(_MultiCallable, _UU):
     def future(self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
                credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
                compression: grpc.Compression | None = None) -> Any:
-        return self._future(request, timeout, metadata, credentials, wait_for_ready, compression)
+        core = self._core
+        b = core.picker.pick(self._method, metadata)
+        if b is None or self._retry is not None:
+            # The rare paths: waiting for a pick, failing fast, retries.
+            return self._future(request, timeout, metadata, credentials, wait_for_ready, compression)
+        b.begin()  # type: ignore[attr-defined]
+        tried: list[Any] = [b]
+
+        def books(f: BridgedFuture) -> None:
+            if f.code() is grpc.StatusCode.OK:
+                tried[-1].end()
+            else:
+                core.failed(tried[-1], f)
+
+        def repick(exc: BaseException) -> Any:
+            # Loop thread, before the future finishes: an RPC that never left
+            # goes to another backend, as blocking calls do.
+            if not never_sent(exc) or len(tried) > len(core.manager.backends):
+                return None
+            picker = core.picker
+            nb = None
+            for _ in range(len(tried) + 1):
+                nb = picker.pick(self._method, metadata)
+                if nb is None or nb not in tried:
+                    break
+            if nb is None or nb in tried:
+                return None  # nowhere else to go: the future fails and books() counts it
+            core.failed(tried[-1], exc)
+            nb.begin()  # type: ignore[attr-defined]
+            tried.append(nb)
+            return nb.twin().callable(self._key)  # type: ignore[attr-defined]
+
+        # Runs on the shared futures loop as a grpc.aio call: see discovery._futures.
+        return future_via_loop(shared_loop(), b.twin, self._key, request, timeout,  # type: ignore[attr-defined]
+                               metadata, credentials, wait_for_ready and False, compression, books, repick)
 
 
 class _UnaryStream(_MultiCallable, _US):
@@ -693,6 +730,7 @@ def build_channel(
     make_channel: Callable[[Address], grpc.Channel],
     settings: ChannelSettings,
     service_config: ServiceConfig,
+    make_aio_channel: Callable[[Address], grpc.aio.Channel] | None = None,
 ) -> Channel:
     """Assemble a channel. Every part is built before anything starts resolving."""
     core = _Core(target, settings)
@@ -702,7 +740,8 @@ def build_channel(
                                       service_config.retry_throttling["tokenRatio"])
     health_checked = service_config.health_service_name is not None
     core.manager = SubchannelManager(core.loop, make_channel, drain_grace=settings.drain_grace,
-                                     configure=lambda b: core.configure_backend(b, health_checked))
+                                     configure=lambda b: core.configure_backend(b, health_checked),
+                                     make_aio_channel=make_aio_channel)
     try:
         core.balancer = balancer_factory(core)
         core.resolver = resolver_factory(core)

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 import grpc
+import grpc.aio
 
 from .address import Address, ResolverState
 from .backend import Backend
@@ -44,8 +45,10 @@ class SubchannelManager:
         *,
         drain_grace: float = 30.0,
         configure: Callable[[Backend], None] | None = None,
+        make_aio_channel: Callable[[Address], grpc.aio.Channel] | None = None,
     ) -> None:
         self._loop = loop
+        self._make_aio_channel = make_aio_channel
         self._configure = configure
         self._make_channel = make_channel
         self.drain_grace = drain_grace
@@ -97,7 +100,9 @@ class SubchannelManager:
 
     def _create(self, address: Address) -> Backend:
         self.created += 1
-        b = Backend(address, self._make_channel(address))
+        make_aio = self._make_aio_channel
+        b = Backend(address, self._make_channel(address),
+                    None if make_aio is None else (lambda: make_aio(address)))
         if self._configure is not None:
             self._configure(b)
         b.poll()

@@ -41,11 +41,15 @@ _NOT_SENT_PREFIXES = (
 
 
 def never_sent(exc: BaseException) -> bool:
-    """True if ``exc`` is an UNAVAILABLE that grpcio raised before sending anything."""
-    if not isinstance(exc, grpc.Call) or exc.code() is not grpc.StatusCode.UNAVAILABLE:
+    """True if ``exc`` is an UNAVAILABLE that grpcio raised before sending anything.
+
+    Works for sync errors (a :class:`grpc.Call`) and grpc.aio's AioRpcError alike.
+    """
+    code = getattr(exc, "code", None)
+    if code is None or code() is not grpc.StatusCode.UNAVAILABLE:
         return False
-    details = exc.details() or ""
-    return details.startswith(_NOT_SENT_PREFIXES)
+    details = exc.details() or ""  # type: ignore[attr-defined]
+    return bool(details.startswith(_NOT_SENT_PREFIXES))
 
 
 _CODES = {c.name: c for c in grpc.StatusCode}

@@ -6,7 +6,8 @@ backend that served it, which is what traffic-split tests count.
 
 Methods (all under ``/discovery.testing.Echo/``):
 
-- ``Unary``: returns the server's name.
+- ``Unary``: returns the server's name (after :attr:`BackendServer.unary_gate`
+  is set, which it is by default).
 - ``ServerStream``: the request is a decimal count; streams that many replies,
   each waiting on :attr:`BackendServer.gate` first (set by default, so a test
   can hold a stream open by clearing it).
@@ -58,6 +59,9 @@ class BackendServer:
         self.health_fails_with: grpc.StatusCode | None = None
         self.gate = threading.Event()
         self.gate.set()
+        # Holds Unary calls while cleared, as gate holds stream messages.
+        self.unary_gate = threading.Event()
+        self.unary_gate.set()
         self.calls: collections.Counter[str] = collections.Counter()
         self.active = 0
         self._lock = threading.Lock()
@@ -87,7 +91,16 @@ class BackendServer:
 
     def _unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self._count("Unary", context)
-        return self.name.encode()
+        with self._lock:
+            self.active += 1
+        try:
+            while not self.unary_gate.wait(0.05):
+                if not context.is_active():
+                    break
+            return self.name.encode()
+        finally:
+            with self._lock:
+                self.active -= 1
 
     def _server_stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         self._count("ServerStream", context)
