@@ -20,7 +20,8 @@ from types import MappingProxyType
 from typing import Any
 
 from . import registry
-from .errors import ConfigError, DiscoveryError, UnknownPolicyError
+from .errors import ConfigError, DiscoveryError, TargetError, UnknownPolicyError
+from .resolver import ResolverOptions
 from .target import parse_target
 
 __all__ = [
@@ -315,7 +316,7 @@ def _entry(name: str, raw: Any, src: str) -> ServiceEntry:
     except ConfigError as exc:
         raise ConfigError(str(exc), source=src, key_path=f"{base}.target") from exc
     try:
-        registry.get_resolver(scheme)
+        resolver_builder = registry.get_resolver(scheme)
     except DiscoveryError as exc:
         raise ConfigError(str(exc), source=src, key_path=f"{base}.target") from exc
     options = raw.get("options", {})
@@ -329,6 +330,12 @@ def _entry(name: str, raw: Any, src: str) -> ServiceEntry:
     sc = parse_service_config(raw.get("service_config"), source=src, key_path=f"{base}.service_config")
     resolver = raw.get("resolver", {})
     _expect(isinstance(resolver, Mapping), "a table of resolver options", resolver, src, f"{base}.resolver")
+    try:
+        resolver_builder.check(parse_target(target), ResolverOptions(config=dict(resolver)))
+    except TargetError as exc:
+        raise ConfigError(str(exc), source=src, key_path=f"{base}.target") from exc
+    except ConfigError as exc:
+        raise ConfigError(str(exc), source=src, key_path=f"{base}.resolver") from exc
     tls = None
     if "tls" in raw:
         t = raw["tls"]

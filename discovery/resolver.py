@@ -83,6 +83,15 @@ class ResolverBuilder(abc.ABC):
         is wrong. Called once per channel; may block briefly (no network I/O).
         """
 
+    def check(self, target: Target, options: ResolverOptions) -> None:
+        """Validate ``target`` and ``options`` without starting anything.
+
+        Config files call it for every service they define, so one bad entry
+        fails the whole file before any channel exists. Raise
+        :class:`~discovery.errors.ConfigError` naming the key. The default
+        accepts everything (``build`` still validates).
+        """
+
     def default_authority(self, target: Target) -> str | None:
         """The ``:authority`` backends should see, or None for each address's own.
 

@@ -150,6 +150,19 @@ def test_a_bad_service_anywhere_in_the_file_applies_nothing(tmp_path: Path, monk
     assert opened == []
 
 
+def test_resolver_options_of_every_service_are_checked_up_front(tmp_path: Path) -> None:
+    path = tmp_path / "two.toml"
+    path.write_text('[services.good]\ntarget = "static:///127.0.0.1:1"\n'
+                    '[services.bad]\ntarget = "static:///127.0.0.1:1,127.0.0.1:2"\nresolver = { weights = [1] }\n')
+    with pytest.raises(ConfigError) as info:
+        discovery.channel_from_config("good", path)
+    assert str(path) in str(info.value)
+    assert info.match("services.bad.resolver: resolver.weights: expected a list of 2 non-negative integers")
+    path.write_text('[services.a]\ntarget = "ipv4:localhost:1"\n')
+    with pytest.raises(ConfigError, match="services.a.target: .*not an IPv4 address"):
+        discovery.channel_from_config("a", path)
+
+
 def test_bad_resolver_options_fail_before_anything_starts(tmp_path: Path) -> None:
     import threading
 

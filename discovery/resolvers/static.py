@@ -62,7 +62,13 @@ class StaticResolverBuilder(ResolverBuilder):
                 out.append(addr)
         return tuple(out)
 
+    def check(self, target: Target, options: ResolverOptions) -> None:
+        self._addresses(target, options)
+
     def build(self, target: Target, listener: ResolverListener, options: ResolverOptions) -> Resolver:
+        return StaticResolver(listener, ResolverState(self._addresses(target, options)))
+
+    def _addresses(self, target: Target, options: ResolverOptions) -> tuple[Address, ...]:
         addrs = self.parse(target)
         unknown = set(options.config) - {"weights"}
         if unknown:
@@ -81,7 +87,7 @@ class StaticResolverBuilder(ResolverBuilder):
             addrs = tuple(
                 Address(a.host, a.port, weight=w) for a, w in zip(addrs, weights, strict=True)
             )
-        return StaticResolver(listener, ResolverState(addrs))
+        return addrs
 
     def default_authority(self, target: Target) -> str | None:
         # An address list is not a service name; each backend sees its own address.

@@ -283,6 +283,9 @@ class DnsResolverBuilder(ResolverBuilder):
         #: (default: the system configuration); tests point it at a local server.
         self.resolver_factory = resolver_factory
 
+    def check(self, target: Target, options: ResolverOptions) -> None:
+        parse_target(target, parse_config(options.config))
+
     def build(self, target: Target, listener: ResolverListener, options: ResolverOptions) -> DnsResolver:
         config = parse_config(options.config)
         dns_target = parse_target(target, config)
