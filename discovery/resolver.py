@@ -83,7 +83,7 @@ class ResolverBuilder(abc.ABC):
         is wrong. Called once per channel; may block briefly (no network I/O).
         """
 
-    def check(self, target: Target, options: ResolverOptions) -> None:
+    def check(self, target: Target, options: ResolverOptions) -> None:  # noqa: B027 - optional hook
         """Validate ``target`` and ``options`` without starting anything.
 
         Config files call it for every service they define, so one bad entry
