@@ -8,6 +8,8 @@ cache of the backend channel's multicallables, so an RPC does not build one).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +64,7 @@ class Backend:
         "_read_state",
         "addr",
         "address",
-        "aio_twin",
+        "aio_twins",
         "callables",
         "channel",
         "closing",
@@ -103,10 +105,11 @@ class Backend:
         self.callables: dict[CallableKey, Any] = {}
         self._lock = threading.Lock()
         self._on_idle: Callable[[Backend], None] | None = None
-        # The grpc.aio twin that serves .future() calls (see discovery._futures),
-        # made on first use on the futures loop thread.
+        # grpc.aio twin channels, one per event loop that sent RPCs here: the
+        # shared futures loop (discovery._futures) and, for discovery.aio,
+        # the application's loop. Each is made on first use, on its loop.
         self._make_aio = make_aio
-        self.aio_twin: AioTwin | None = None
+        self.aio_twins: dict[asyncio.AbstractEventLoop, AioTwin] = {}
 
     # -- data plane -------------------------------------------------------
 
@@ -182,21 +185,28 @@ class Backend:
             return self.in_flight == 0
 
     def twin(self) -> AioTwin:
-        """The backend's grpc.aio twin channel, made on first use. Futures loop thread only."""
-        twin = self.aio_twin
+        """The twin on the shared futures loop. That loop's thread only."""
+        return self.twin_for(shared_loop().loop)
+
+    def twin_for(self, loop: asyncio.AbstractEventLoop) -> AioTwin:
+        """The backend's grpc.aio twin channel for ``loop``, made on first use. ``loop``'s thread only."""
+        twin = self.aio_twins.get(loop)
         if twin is None:
             if self._make_aio is None:
                 raise RuntimeError(f"backend {self.addr} has no grpc.aio channel factory")
-            twin = self.aio_twin = AioTwin(self._make_aio())
+            twin = self.aio_twins[loop] = AioTwin(self._make_aio())
         return twin
 
     def close(self) -> None:
-        """Close the channel and its aio twin (cancels anything still in flight)."""
+        """Close the channel and its aio twins (cancels anything still in flight)."""
         self._on_idle = None
         self.channel.close()
-        twin = self.aio_twin
-        if twin is not None:
-            shared_loop().submit(twin.close)
+        for loop, twin in list(self.aio_twins.items()):
+            # A twin's channel belongs to its loop: close it there. A loop
+            # that has already stopped took its channels with it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(twin.close)
+        self.aio_twins.clear()
 
     def snapshot(self) -> BackendSnapshot:
         return BackendSnapshot(self.addr, self.state, self.healthy, self.ejected, self.in_flight,

@@ -1,0 +1,139 @@
+"""discovery.aio: the balancing channel as a grpc.aio.Channel, against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+
+import grpc
+import grpc.aio
+import pytest
+
+import discovery
+from discovery import aio
+from discovery.testing import wait_for
+from discovery.testing.servers import BackendServer, EchoStub
+
+C = grpc.ChannelConnectivity
+
+
+def static(servers: list[BackendServer]) -> str:
+    return "static:///" + ",".join(s.addr for s in servers)
+
+
+def test_is_a_grpc_aio_channel_and_balances(start_backends) -> None:  # type: ignore[no-untyped-def]
+    servers = start_backends(3)
+
+    async def main() -> collections.Counter[bytes]:
+        async with aio.insecure_channel(static(servers)) as ch:
+            assert isinstance(ch, grpc.aio.Channel)
+            await asyncio.wait_for(ch.channel_ready(), 10)
+            stub = EchoStub(ch)
+            await stub.Unary(b"", timeout=10)
+            await asyncio.to_thread(wait_for, lambda: sum(b.state is C.READY for b in ch.backends()) == 3, 10)
+            replies = await asyncio.gather(*(stub.Unary(b"", timeout=10) for _ in range(30)))
+            return collections.Counter(replies)
+
+    assert asyncio.run(main()) == {s.name.encode(): 10 for s in servers}
+
+
+def test_all_four_shapes(start_backends) -> None:  # type: ignore[no-untyped-def]
+    (s,) = start_backends(1)
+    name = s.name.encode()
+
+    async def main() -> None:
+        async with aio.insecure_channel(static([s])) as ch:
+            stub = EchoStub(ch)
+            call = stub.Unary(b"", timeout=10, metadata=(("x-k", "v"),))
+            assert await call == name and await call.code() is grpc.StatusCode.OK
+            assert ("x-k", "v") in s.last_metadata
+            assert [m async for m in stub.ServerStream(b"3", timeout=10)] == [name] * 3
+
+            async def requests():  # type: ignore[no-untyped-def]
+                for r in (b"a", b"b"):
+                    yield r
+
+            assert await stub.ClientStream(requests(), timeout=10) == name + b":2"
+            assert [m async for m in stub.Bidi(requests(), timeout=10)] == [name + b":a", name + b":b"]
+            bidi = stub.Bidi(timeout=10)
+            await bidi.write(b"x")
+            assert await bidi.read() == name + b":x"
+            await bidi.done_writing()
+            assert await bidi.code() is grpc.StatusCode.OK
+
+    asyncio.run(main())
+
+
+def test_fail_fast_and_wait_for_ready(start_backends) -> None:  # type: ignore[no-untyped-def]
+    servers = start_backends(2)
+
+    async def main() -> None:
+        async with aio.insecure_channel(static(servers)) as ch:
+            stub = EchoStub(ch)
+            await stub.Unary(b"", timeout=10)
+            for srv in servers:
+                srv.stop()
+            await asyncio.to_thread(wait_for, lambda: ch.get_state() is C.TRANSIENT_FAILURE, 10)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Unary(b"", timeout=30)
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "0 of 2 backends ready" in info.value.details()
+            waiting = asyncio.ensure_future(stub.Unary(b"", timeout=30, wait_for_ready=True))
+            await asyncio.sleep(0)
+            assert not waiting.done()
+            await asyncio.to_thread(servers[0].start)
+            assert await asyncio.wait_for(waiting, 30) == servers[0].name.encode()
+
+    asyncio.run(main())
+
+
+def test_failures_count_for_outlier_detection_and_books_balance(start_backends) -> None:  # type: ignore[no-untyped-def]
+    servers = start_backends(5)
+    bad = servers[0]
+    bad.fail_with = grpc.StatusCode.INTERNAL
+    sc = {"loadBalancingConfig": [{"outlier_detection": {"interval": "0.05s", "maxEjectionPercent": 20,
+                                                         "childPolicy": [{"round_robin": {}}]}}]}
+
+    async def main() -> None:
+        async with aio.insecure_channel(static(servers), service_config=sc) as ch:
+            stub = EchoStub(ch)
+            await asyncio.wait_for(ch.channel_ready(), 10)
+            await asyncio.to_thread(wait_for, lambda: sum(b.state is C.READY for b in ch.backends()) == 5, 10)
+            for _ in range(40):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.Unary(b"", timeout=10)
+            await asyncio.to_thread(wait_for, lambda: any(b.ejected for b in ch.backends()), 5)
+            assert [b.address for b in ch.backends() if b.ejected] == [bad.addr]
+            before = bad.total
+            replies = [await stub.Unary(b"", timeout=10) for _ in range(20)]
+            assert bad.total == before and bad.name.encode() not in replies
+            assert all(b.in_flight == 0 for b in ch.backends())
+
+    asyncio.run(main())
+
+
+def test_close_with_grace_lets_a_stream_finish(start_backends) -> None:  # type: ignore[no-untyped-def]
+    (s,) = start_backends(1)
+
+    async def main() -> None:
+        ch = aio.insecure_channel(static([s]))
+        stub = EchoStub(ch)
+        await stub.Unary(b"", timeout=10)
+        s.gate.clear()
+        stream = stub.ServerStream(b"2", timeout=30)
+        await asyncio.to_thread(wait_for, lambda: s.active == 1)
+        closing = asyncio.ensure_future(ch.close(grace=20))
+        await asyncio.to_thread(wait_for, lambda: ch._core.closed)
+        s.gate.set()
+        assert [m async for m in stream] == [s.name.encode()] * 2
+        await closing
+
+    asyncio.run(main())
+
+
+def test_same_factories_as_the_sync_module() -> None:
+    for name in ("insecure_channel", "secure_channel", "channel_from_config"):
+        assert callable(getattr(aio, name)) and callable(getattr(discovery, name))
+    with pytest.raises(discovery.TargetError):
+        aio.insecure_channel("static:///")
