@@ -39,7 +39,8 @@ def _until(pred, timeout: float = 5.0) -> float:  # type: ignore[no-untyped-def]
 
 
 def core_reaction(server: BackendServer, rounds: int) -> list[float]:
-    ch = grpc.insecure_channel(server.addr, [("grpc.service_config", CORE_CONFIG), ("grpc.use_local_subchannel_pool", 1)])
+    ch = grpc.insecure_channel(server.addr,
+                               [("grpc.service_config", CORE_CONFIG), ("grpc.use_local_subchannel_pool", 1)])
     read = state_reader(ch)
     read(True)
     _until(lambda: read(False) is C.READY)

@@ -1,0 +1,25 @@
+"""Benchmarks for grpc-discovery, run as ``python -m bench``.
+
+Everything here measures side by side in ONE client process, in interleaved
+rounds, against backends served by a SEPARATE process (:mod:`bench.server`),
+so client CPU (``time.process_time``, all client threads) is not polluted by
+server work. Results and how they were obtained: ``bench/RESULTS.md``.
+
+Sub-commands (see ``python -m bench --help``):
+
+- ``run`` (default): A = plain grpc channel to one backend (the floor),
+  B = grpcio's native ``round_robin`` over N backends, D = discovery's
+  ``round_robin`` over the same N, in the sync, future and threads modes
+  (plus D-old, the pre-integration future, in the future mode).
+- ``futures``: the integrated future (D) against the other designs of
+  :mod:`bench.futures_design` at several N: CPU vs B, thread starts.
+- ``micro``: picker, reconcile, hot-path and memory micro-benchmarks.
+- ``report``: render RESULTS.md from the JSON the others wrote.
+
+Modules: :mod:`bench.server` (the backend process) and :mod:`bench.procs`
+(starting/killing it), :mod:`bench.modes` (load shapes), :mod:`bench.variants`
+(the channels compared), :mod:`bench.futures_design` and
+:mod:`bench.pooled_blocking` (future designs), :mod:`bench.harness` (run,
+futures), :mod:`bench.micro`, :mod:`bench.report`, and
+:mod:`bench.health` (``python -m bench.health``, health checking).
+"""

@@ -1,0 +1,134 @@
+"""Render bench/RESULTS.md from the JSON files of ``run``, ``futures`` and ``micro``.
+
+``python -m bench report --run N10.json --run N100.json --futures F.json --micro M.json
+--notes findings.md -o bench/RESULTS.md``. Commands are taken from the JSON (each records its own).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .variants import DISPLAY, LABELS
+
+__all__ = ["render"]
+
+
+def _f(x: Any, digits: int = 1) -> str:
+    if isinstance(x, float):
+        return "n/a" if x != x else f"{x:,.{digits}f}"
+    return str(x)
+
+
+def _cmd(doc: dict[str, Any]) -> str:
+    c = doc.get("config", {}).get("command", "")
+    args = c.split(" ", 1)[1] if " " in c else ""
+    return f"python -m bench {args}".strip()
+
+
+def _machine(m: dict[str, Any]) -> str:
+    return (f"{m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, grpcio {m['grpcio']}, "
+            f"{m['platform']}. Code: {m.get('git', '?')}.")
+
+
+def render_run(run: dict[str, Any]) -> list[str]:
+    c = run["config"]
+    out = [f"## A vs B vs D, N = {c['backends']}", "",
+           f"Command: `{_cmd(run)}` ({c['backends']} backends, {c['rounds']} rounds x {c['rpcs']} RPCs per "
+           f"variant and mode, {run.get('seconds', '?')} s)", "",
+           "| mode | variant | CPU us/RPC | RPC/s | p50 us | p99 us | thread starts /1k RPCs |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for r in run["rows"]:
+        out.append(f"| {r['mode']} | {r['variant']} | {_f(r['cpu_us'])} | {_f(r['rps'], 0)} | "
+                   f"{_f(r['p50_us'], 0)} | {_f(r['p99_us'], 0)} | {_f(r['thread_starts_per_1k'])} |"
+                   + (f" errors: {r['errors']}" if r.get("errors") else ""))
+    out += ["", "Medians over rounds of the per-round ratios of client CPU per RPC (X/A, X/B) and of "
+            "throughput (wall X/B = B's RPC/s over X's):", "",
+            "| mode | variant | CPU X/A | CPU X/B | wall X/B | target (X/B) | verdict |",
+            "|---|---|---:|---:|---:|---:|---|"]
+    for e in run["ratios"]:
+        v = e["variant"]
+        t = e.get("target_vs_B")
+        verdict = "" if t is None else ("meets" if e["meets_target"] else "**misses**")
+        out.append(f"| {e['mode']} | {v} | {_f(e.get(f'cpu_{v}/A', float('nan')), 3)} | "
+                   f"{_f(e.get(f'cpu_{v}/B', float('nan')), 3)} | {_f(e.get(f'wall_{v}/B', float('nan')), 3)} "
+                   f"| {'' if t is None else f'<= {t}'} | {verdict} |")
+    out.append("")
+    for k in dict.fromkeys([r["variant"] for r in run["rows"]]):
+        out.append(f"- **{k}**: {LABELS.get(k, k)}")
+    out.append("")
+    return out
+
+
+def render_futures(fut: dict[str, Any]) -> list[str]:
+    rows = fut["futures"]
+    c = fut.get("config", {})
+    out = ["## Future designs by backend count", "",
+           f"Command: `{_cmd(fut)}` ({fut.get('seconds', '?')} s)", "",
+           "| N | design | CPU us/RPC | CPU vs B | RPC/s | p50 us | p99 us | thread starts /1k RPCs "
+           "| starts in 1st round | peak threads |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r['backends']} | {DISPLAY.get(r['design'], r['design'])} | {_f(r['cpu_us'])} | "
+                   f"{_f(r['cpu_vs_B'], 2)} | {_f(r['rps'], 0)} | {_f(r['p50_us'], 0)} | {_f(r['p99_us'], 0)} | "
+                   f"{_f(r['thread_starts_per_1k'], 0)} | {r['thread_starts_first_round']} | {r['peak_threads']} |"
+                   + (f" errors: {r['errors']}" if r.get("errors") else ""))
+    if rows:
+        out.append(f"\n{rows[0]['rpcs_per_round']} futures per round, 32 in flight, {c.get('rounds', '?')} "
+                   "interleaved rounds (order rotated each round). Thread starts: median round, after warm-up. "
+                   "Peak threads is the whole process (all designs' channels are open at once, so K's thread "
+                   "per backend shows in every row of its N).")
+    if fut.get("skipped"):
+        out.append("Skipped: " + "; ".join(fut["skipped"]) + ".")
+    out.append("")
+    for k in dict.fromkeys(r["design"] for r in rows):
+        out.append(f"- **{k}**: {LABELS.get(k, k)}")
+    out.append("")
+    return out
+
+
+def render(runs: list[dict[str, Any]], futures: list[dict[str, Any]], micro: dict[str, Any] | None,
+           notes: str | None = None) -> str:
+    out: list[str] = ["# Benchmark results (issue 5)", ""]
+    docs = [*runs, *futures]
+    m = docs[0].get("machine") if docs else None
+    if m is None:
+        from .harness import machine
+
+        m = machine()
+    out += [f"Machine: {_machine(m)}", "",
+            "Client CPU = `time.process_time()` of the client process (all its threads) over the measured "
+            "loop / RPCs; the backends run in a separate process (`python -m bench.server`). Ratios are the "
+            "median over rounds of per-round ratios; rounds interleave the variants, the order rotated by one "
+            "each round.", ""]
+    for run in runs:
+        out += render_run(run)
+    for fut in futures:
+        out += render_futures(fut)
+    if micro:
+        from .micro import format_micro
+
+        out += ["## Micro-benchmarks", "", f"Command: `{micro.get('command', 'python -m bench micro')}`", "",
+                "```", format_micro(micro), "```", ""]
+    if notes:
+        out += [notes.rstrip(), ""]
+    return "\n".join(out)
+
+
+def main(args: Any) -> int:
+    def load(p: str) -> dict[str, Any]:
+        with open(p) as f:
+            return json.load(f)  # type: ignore[no-any-return]
+
+    notes = None
+    if args.notes:
+        with open(args.notes) as f:
+            notes = f.read()
+    text = render([load(p) for p in args.run], [load(p) for p in args.futures],
+                  load(args.micro) if args.micro else None, notes)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    return 0
