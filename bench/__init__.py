@@ -10,7 +10,10 @@ Sub-commands (see ``python -m bench --help``):
 - ``run`` (default): A = plain grpc channel to one backend (the floor),
   B = grpcio's native ``round_robin`` over N backends, D = discovery's
   ``round_robin`` over the same N, in the sync, future and threads modes
-  (plus D-old, the pre-integration future, in the future mode).
+  (plus D-old, the pre-integration future, in the future mode), and in the
+  aio mode as grpc.aio channels (``grpc.aio.insecure_channel`` to one
+  backend / with round_robin over N, ``discovery.aio.insecure_channel``),
+  32 asyncio tasks awaiting unary calls on one event loop.
 - ``futures``: the integrated future (D) against the other designs of
   :mod:`bench.futures_design` at several N: CPU vs B, thread starts.
 - ``micro``: picker, reconcile, hot-path and memory micro-benchmarks.

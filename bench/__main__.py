@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--backends", type=int, default=10, help="N backends (default 10)")
     r.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
     r.add_argument("--rpcs", type=int, default=1500, help="RPCs per variant per mode per round (default 1500)")
-    r.add_argument("--modes", type=_csv, default=["sync", "future", "threads"],
-                   help="comma list of sync,future,threads (default all)")
+    r.add_argument("--modes", type=_csv, default=["sync", "future", "threads", "aio"],
+                   help="comma list of sync,future,threads,aio (default all; aio = grpc.aio channels, "
+                        "32 tasks awaiting unary calls)")
     r.add_argument("--variants", type=_csv, default=["A", "B", "D"], help="comma list (default A,B,D)")
     r.add_argument("--designs", type=_csv, default=["D-old"],
                    help="extra future designs, run in the future mode only "

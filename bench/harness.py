@@ -1,7 +1,8 @@
 """The two measured comparisons, in interleaved rounds.
 
 - :func:`run` (``python -m bench run``): A, B, D (and future designs in the
-  futures mode) per mode at one N.
+  futures mode) per mode at one N. In the aio mode A, B and D are their
+  grpc.aio counterparts (:func:`bench.variants.build_aio`), on one event loop.
 - :func:`run_futures` (``python -m bench futures``): B and the future designs
   of :mod:`bench.futures_design` at several N: client CPU, thread starts,
   peak live threads.
@@ -20,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Sequence
@@ -28,9 +30,9 @@ from typing import Any
 
 import grpc
 
-from .modes import MODES, Sample, count_thread_starts, run_future
+from .modes import AIO_MODES, MODES, Sample, aio_loop, close_aio_loop, count_thread_starts, run_future
 from .procs import BackendProcess
-from .variants import DISPLAY, LABELS, Variant, build
+from .variants import AIO_LABELS, AIO_NOTE, DISPLAY, LABELS, Variant, build, build_aio
 
 __all__ = ["TARGETS", "Config", "machine", "run", "run_futures"]
 
@@ -45,7 +47,7 @@ class Config:
     backends: int = 10
     rounds: int = 9
     rpcs: int = 1500
-    modes: Sequence[str] = ("sync", "future", "threads")
+    modes: Sequence[str] = ("sync", "future", "threads", "aio")
     variants: Sequence[str] = BASE_VARIANTS
     designs: Sequence[str] = FUTURE_DESIGNS  # extra variants, futures mode only
     json_path: str | None = None
@@ -156,8 +158,14 @@ def format_tables(summary: dict[str, Any], cfg: Config) -> str:
         verdict = "" if t is None else ("ok" if e["meets_target"] else "MISSES")
         out.append(f"{e['mode']:8} {v:5} {xa:8.3f} {xb:8.3f} {wb:9.3f} {'' if t is None else f'<={t}':>7}  {verdict}")
     out.append("")
-    for k in dict.fromkeys(v for m in cfg.modes for v in _variants_for(cfg, m)):
+    for k in dict.fromkeys(v for m in cfg.modes if m not in AIO_MODES for v in _variants_for(cfg, m)):
         out.append(f"  {k}: {LABELS[k]}")
+    for m in (m for m in cfg.modes if m in AIO_MODES):
+        for k in _variants_for(cfg, m):
+            out.append(f"  {k} ({m}): {AIO_LABELS[k]}")
+    if any(m in AIO_MODES for m in cfg.modes):
+        out.append("")
+        out.append(textwrap.fill(AIO_NOTE, 118, initial_indent="  ", subsequent_indent="  "))
     return "\n".join(out)
 
 
@@ -170,32 +178,40 @@ def run(cfg: Config, log: Any = sys.stderr) -> dict[str, Any]:
     t_start = time.monotonic()
     samples: dict[tuple[str, str], list[Sample]] = {}
     with BackendProcess(cfg.backends) as bp:
-        names = list(dict.fromkeys(v for m in cfg.modes for v in _variants_for(cfg, m)))
+        # Sync variants serve sync/future/threads; the aio modes get grpc.aio
+        # variants of their own, made on the one event loop (aio_loop()).
+        names = list(dict.fromkeys(v for m in cfg.modes if m not in AIO_MODES for v in _variants_for(cfg, m)))
+        aio_names = list(dict.fromkeys(v for m in cfg.modes if m in AIO_MODES for v in _variants_for(cfg, m)))
         built: dict[str, Variant] = {}
+        built_aio: dict[str, Variant] = {}
         try:
             for name in names:
                 built[name] = build(name, bp.targets)
-            print(f"# {len(names)} variants ready over {cfg.backends} backends "
+            for name in aio_names:
+                built_aio[name] = build_aio(name, bp.targets, aio_loop())
+            print(f"# {len(names) + len(aio_names)} variants ready over {cfg.backends} backends "
                   f"(server pid {bp.pid}) in {time.monotonic() - t_start:.1f}s", file=log, flush=True)
             for r in range(cfg.rounds):
                 for mode in cfg.modes:
                     fn = MODES[mode]
+                    pool = built_aio if mode in AIO_MODES else built
                     line = []
                     order = _variants_for(cfg, mode)
                     # Rotate the order each round (A,B,D / B,D,A / D,A,B ...) so
                     # that no variant always runs right after another.
                     k = r % len(order)
                     for v in order[k:] + order[:k]:
-                        s = fn(built[v].mc, cfg.rpcs)
+                        s = fn(pool[v].mc, cfg.rpcs)
                         samples.setdefault((mode, v), []).append(s)
                         line.append(f"{v}={s.cpu_us:.0f}us")
                     print(f"# round {r + 1}/{cfg.rounds} {mode:8} " + " ".join(line), file=log, flush=True)
         finally:
-            for variant in built.values():
+            for variant in [*built.values(), *built_aio.values()]:
                 try:
                     variant.close()
                 except Exception as exc:  # keep closing the others
                     print(f"# closing {variant.name}: {exc}", file=log)
+            close_aio_loop()  # no-op if no aio mode ran
     summary = summarize(samples, cfg)
     summary["machine"] = machine()
     summary["config"] = {"backends": cfg.backends, "rounds": cfg.rounds, "rpcs": cfg.rpcs,

@@ -9,12 +9,17 @@ Thread starts are counted by wrapping ``threading.Thread.start`` once
 ``cygrpc.ForkManagedThread``s around a plain ``threading.Thread``, so they
 count too.
 
-``MODES`` is the registry the harness iterates over (an asyncio mode would
-plug in there).
+``MODES`` is the registry the harness iterates over. The ``aio`` mode
+(:func:`run_aio`) takes an :class:`AioTarget` instead of a multicallable: a
+grpc.aio multicallable plus the event loop its channel was made on (one
+loop per process, :func:`aio_loop`, run on the calling thread only while a
+round or a warm-up runs). ``AIO_MODES`` tells the harness which modes want
+those.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import threading
@@ -24,8 +29,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import grpc.aio
 
-__all__ = ["MODES", "Sample", "count_thread_starts", "run_future", "run_sync", "run_threads", "thread_starts"]
+__all__ = [
+    "AIO_MODES",
+    "MODES",
+    "AioTarget",
+    "Sample",
+    "aio_loop",
+    "close_aio_loop",
+    "count_thread_starts",
+    "run_aio",
+    "run_future",
+    "run_sync",
+    "run_threads",
+    "thread_starts",
+]
 
 PAYLOAD = b"x" * 16
 TIMEOUT = 30.0
@@ -173,8 +192,94 @@ def run_threads(mc: Any, n: int, threads: int = THREADS) -> Sample:
     return Sample(total, c1 - c0, w1 - w0, flat, thread_starts() - t0)
 
 
+# -- asyncio ----------------------------------------------------------------------
+
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def aio_loop() -> asyncio.AbstractEventLoop:
+    """The process's event loop for the aio mode (made on first use).
+
+    It runs on the calling thread, only inside ``run_until_complete`` (channel
+    set-up and warm-up, each measured round, close), like ``asyncio.run`` but
+    kept across rounds because grpc.aio channels belong to the loop they were
+    made on.
+    """
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+    return _loop
+
+
+def close_aio_loop() -> None:
+    """Let the loop finish what closing channels scheduled on it, then close it."""
+    global _loop
+    loop, _loop = _loop, None
+    if loop is None or loop.is_closed():
+        return
+    try:
+        # Closing a channel can schedule more closes (discovery's twins):
+        # give the loop a moment, then wait for whatever is left.
+        loop.run_until_complete(asyncio.sleep(0.05))
+        pending = asyncio.all_tasks(loop)
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=5))
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+@dataclass
+class AioTarget:
+    """What :func:`run_aio` drives: a grpc.aio unary multicallable and its channel's loop."""
+
+    loop: asyncio.AbstractEventLoop
+    mc: Any
+
+
+async def _aio_window(mc: Any, n: int, window: int) -> Sample:
+    lat = [0.0] * n
+    pc = time.perf_counter
+    nxt = itertools.count().__next__
+    errors = [0]
+
+    async def worker() -> None:
+        # grpc's own asyncio benchmark client does the same: ``window``
+        # coroutines, each awaiting one unary call after the other.
+        while (i := nxt()) < n:
+            t = pc()
+            try:
+                await mc(PAYLOAD, timeout=TIMEOUT)
+            except grpc.aio.AioRpcError:
+                errors[0] += 1
+            lat[i] = pc() - t
+
+    t0 = thread_starts()
+    c0, w0 = time.process_time(), pc()
+    await asyncio.gather(*[worker() for _ in range(window)])
+    w1, c1 = pc(), time.process_time()
+    return Sample(n, c1 - c0, w1 - w0, lat, thread_starts() - t0, errors[0])
+
+
+def run_aio(target: AioTarget, n: int, window: int = WINDOW) -> Sample:
+    """asyncio: ``window`` tasks on the target's loop, each awaiting unary calls back to back.
+
+    So ``window`` RPCs are in flight until the last ones drain. The measured
+    window is inside the coroutine: it excludes starting and stopping the
+    loop's ``run_until_complete``; latency is from the call to its ``await``
+    returning.
+    """
+    _prepare()
+    return target.loop.run_until_complete(_aio_window(target.mc, n, window))
+
+
+AIO_MODES = frozenset({"aio"})
+
 MODES: dict[str, Callable[[Any, int], Sample]] = {
     "sync": run_sync,
     "future": run_future,
     "threads": run_threads,
+    "aio": run_aio,
 }

@@ -2,23 +2,30 @@
 
 Every variant talks to the same backend process. Each is warmed up before
 measuring: its connections are made and its first RPCs done.
+
+:func:`build` makes the sync variants (sync, future, threads modes);
+:func:`build_aio` the grpc.aio ones (aio mode), on :func:`bench.modes.aio_loop`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import grpc.aio
 
 import discovery
+import discovery.aio
 
 from .futures_design import DESIGNS, apply_design, future_is
+from .modes import AioTarget
 from .server import ECHO
 
-__all__ = ["LABELS", "Variant", "build"]
+__all__ = ["AIO_LABELS", "AIO_NOTE", "LABELS", "Variant", "build", "build_aio"]
 
 LABELS = {
     "A": "grpc.insecure_channel, 1 backend (floor)",
@@ -29,6 +36,22 @@ LABELS = {
     "P": "D + future as blocking with_call on a shared thread pool (public API only)",
     "K": "D-old + keep-alive stream per backend (thread per backend)",
 }
+
+# The same letters in the aio mode.
+AIO_LABELS = {
+    "A": "grpc.aio.insecure_channel, 1 backend",
+    "B": "grpc.aio.insecure_channel, grpcio native round_robin over N backends (ipv4: target)",
+    "D": "discovery.aio.insecure_channel, round_robin over N backends (static: target; a grpc.aio twin per "
+         "backend on the mode's loop)",
+}
+
+AIO_NOTE = (
+    "aio: one asyncio loop on the main thread; 32 tasks, each awaiting one unary call after the other (the "
+    "pattern of grpc's own asyncio benchmark client), so 32 RPCs are in flight. Channels are made and warmed "
+    "on that loop before any round. With other modes in the same run, discovery's futures loop exists (the "
+    "sync D variant warms up with futures); that thread, a second grpc.aio loop, wakes for every grpc.aio "
+    "completion batch and adds ~20 us/RPC to every aio variant: run `--modes aio` alone for clean aio numbers."
+)
 
 # How the futures tables name the designs.
 DISPLAY = {"D": "D (integrated: shared grpc.aio loop)", "D-old": "D-old (grpc sync .future())"}
@@ -42,12 +65,16 @@ class Variant:
     channel: Any
     mc: Any
     undo: Callable[[], None] = field(default=lambda: None)
+    loop: asyncio.AbstractEventLoop | None = None  # a grpc.aio channel's loop (aio variants)
 
     def close(self) -> None:
         try:
             self.undo()
         finally:
-            self.channel.close()
+            if self.loop is not None:
+                self.loop.run_until_complete(self.channel.close())
+            else:
+                self.channel.close()
 
 
 def _wait_discovery_ready(ch: discovery.Channel, n: int, timeout: float = 60.0) -> None:
@@ -104,3 +131,62 @@ def build(name: str, targets: list[str], warm_rpcs: int | None = None) -> Varian
         _warm(mc, min(warm, 200), futures=max(64, 2 * n))
         return Variant(name, ch, mc, undo)
     raise ValueError(f"unknown variant {name!r}; expected one of {sorted(LABELS)}")
+
+
+# -- grpc.aio (the aio mode) -----------------------------------------------------
+
+
+async def _warm_aio(mc: Any, n: int, concurrent: int = 64) -> None:
+    for _ in range(n):
+        await mc(b"w", timeout=30.0, wait_for_ready=True)
+    for start in range(0, concurrent, 64):
+        await asyncio.gather(*[mc(b"w", timeout=30.0) for _ in range(min(64, concurrent - start))])
+
+
+async def _wait_discovery_aio_ready(ch: discovery.aio.Channel, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    await asyncio.wait_for(ch.channel_ready(), timeout)
+    while time.monotonic() < deadline:
+        bs = ch.backends()
+        if len(bs) == n and all(b.state is grpc.ChannelConnectivity.READY for b in bs):
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"discovery.aio channel not READY on all {n} backends after {timeout}s")
+
+
+async def _build_aio(name: str, targets: list[str], warm: int) -> tuple[Any, Any]:
+    n = len(targets)
+    if name == "A":
+        ch = grpc.aio.insecure_channel(targets[0])
+        await asyncio.wait_for(ch.channel_ready(), 30)
+        mc = ch.unary_unary(ECHO)
+        await _warm_aio(mc, warm)
+        return ch, mc
+    if name == "B":
+        ch = grpc.aio.insecure_channel(
+            "ipv4:" + ",".join(targets),
+            options=[("grpc.lb_policy_name", "round_robin"), ("grpc.default_authority", "localhost")],
+        )
+        await asyncio.wait_for(ch.channel_ready(), 30)
+        mc = ch.unary_unary(ECHO)
+        await _warm_aio(mc, warm)
+        await asyncio.sleep(min(2.0, 0.2 + n / 500))  # every subchannel READY, as in build()
+        await _warm_aio(mc, warm)
+        return ch, mc
+    if name == "D":
+        dch = discovery.aio.insecure_channel("static:///" + ",".join(targets), service_config=RR)
+        await _wait_discovery_aio_ready(dch, n)
+        mc = dch.unary_unary(ECHO)
+        # Round robin over >= 3N sequential calls: every backend makes (and
+        # connects) its grpc.aio twin on this loop before anything is measured.
+        await _warm_aio(mc, warm, concurrent=max(64, 2 * n))
+        return dch, mc
+    raise ValueError(f"unknown aio variant {name!r}; expected one of {sorted(AIO_LABELS)}")
+
+
+def build_aio(name: str, targets: list[str], loop: asyncio.AbstractEventLoop,
+              warm_rpcs: int | None = None) -> Variant:
+    """Open, connect and warm up the grpc.aio variant ``name`` on ``loop`` (run here, on this thread)."""
+    warm = warm_rpcs if warm_rpcs is not None else max(100, 3 * len(targets))
+    ch, mc = loop.run_until_complete(_build_aio(name, targets, warm))
+    return Variant(name, ch, AioTarget(loop, mc), loop=loop)
