@@ -367,20 +367,32 @@ class _MultiCallable:
         # Looked up once here, not per RPC: None for the common case of no policy.
         self._retry: RetryPolicy | None = core.retry_policy(method) if self._replayable else None
 
-    def _pick_avoiding(
-        self, tried: list[Backend], timeout: float | None, metadata: Metadata | None, wait_for_ready: bool | None
-    ) -> tuple[Backend, float | None]:
-        """A backend not in ``tried`` when the picker offers one (Envoy's previous-hosts rule)."""
-        core = self._core
-        picker = core.picker
+    def _pick_untried(self, tried: list[Any], metadata: Metadata | None) -> Any:
+        """Pick until the picker offers a backend not in ``tried`` (at most len(tried)+1 picks).
+
+        Returns the last pick, which may be in ``tried`` if nothing else is
+        pickable, or None. Never blocks.
+        """
+        picker = self._core.picker
         b = None
         for _ in range(len(tried) + 1):
             b = picker.pick(self._method, metadata)
             if b is None or b not in tried:
                 break
+        return b
+
+    def _pick_avoiding(
+        self, tried: list[Backend], timeout: float | None, metadata: Metadata | None, wait_for_ready: bool | None
+    ) -> tuple[Backend, float | None]:
+        """A backend not in ``tried`` when the picker offers one (Envoy's previous-hosts rule).
+
+        Waits as :meth:`_Core.wait_pick` does when nothing can be picked.
+        """
+        core = self._core
+        b = self._pick_untried(tried, metadata)
         if b is None:
             b, timeout = core.wait_pick(self._method, metadata, timeout, wait_for_ready)
-        return b, timeout  # type: ignore[return-value]
+        return b, timeout
 
     def _should_retry(self, exc: grpc.RpcError, tried: int, attempt: int, deadline: float | None) -> float | None:
         """Seconds to wait before going again (0 for a transparent re-pick), or None to give up."""
@@ -398,6 +410,21 @@ class _MultiCallable:
             return None
         return delay
 
+    def _next_attempt(self, exc: grpc.RpcError, tried: list[Backend], attempt: int, deadline: float | None,
+                      metadata: Metadata | None, wait_for_ready: bool | None,
+                      ) -> tuple[Backend, float | None, int] | None:
+        """Where the next attempt goes after ``exc``, what is left of the deadline, and
+        the attempt number; None to give up. Blocks the caller for the retry backoff."""
+        delay = self._should_retry(exc, len(tried), attempt, deadline)
+        if delay is None:
+            return None
+        if delay > 0:
+            attempt += 1
+            threading.Event().wait(delay)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        b, remaining = self._pick_avoiding(tried, remaining, metadata, wait_for_ready)
+        return b, remaining, attempt
+
     def _invoke(self, attr: str, request: Any, timeout: float | None, metadata: Any, credentials: Any,
                 wait_for_ready: bool | None, compression: Any, tried: list[Backend] | None = None,
                 exc: grpc.RpcError | None = None) -> Any:
@@ -406,16 +433,14 @@ class _MultiCallable:
         deadline = None if timeout is None else time.monotonic() + timeout
         tried = tried if tried is not None else []
         attempt = 1
+        if exc is None:
+            b, remaining = self._pick_avoiding(tried, timeout, metadata, wait_for_ready)
+        else:
+            nxt = self._next_attempt(exc, tried, attempt, deadline, metadata, wait_for_ready)
+            if nxt is None:
+                raise exc
+            b, remaining, attempt = nxt
         while True:
-            if exc is not None:
-                delay = self._should_retry(exc, len(tried), attempt, deadline)
-                if delay is None:
-                    raise exc
-                if delay > 0:
-                    attempt += 1
-                    threading.Event().wait(delay)
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            b, remaining = self._pick_avoiding(tried, remaining, metadata, wait_for_ready)
             mc = b.callables.get(self._key) or b.callable(self._key)
             b.begin()
             try:
@@ -424,7 +449,10 @@ class _MultiCallable:
             except grpc.RpcError as e:
                 core.failed(b, e, self._retry)
                 tried.append(b)
-                exc = e
+                nxt = self._next_attempt(e, tried, attempt, deadline, metadata, wait_for_ready)
+                if nxt is None:
+                    raise
+                b, remaining, attempt = nxt
                 continue
             b.end()
             if core.throttle is not None and self._retry is not None:
@@ -547,18 +575,13 @@ class _UnaryUnary(_MultiCallable, _UU):
             # goes to another backend, as blocking calls do.
             if not never_sent(exc) or len(tried) > len(core.manager.backends):
                 return None
-            picker = core.picker
-            nb = None
-            for _ in range(len(tried) + 1):
-                nb = picker.pick(self._method, metadata)
-                if nb is None or nb not in tried:
-                    break
+            nb = self._pick_untried(tried, metadata)
             if nb is None or nb in tried:
                 return None  # nowhere else to go: the future fails and books() counts it
             core.failed(tried[-1], exc)
-            nb.begin()  # type: ignore[attr-defined]
+            nb.begin()
             tried.append(nb)
-            return nb.twin().callable(self._key)  # type: ignore[attr-defined]
+            return nb.twin().callable(self._key)
 
         # Runs on the shared futures loop as a grpc.aio call: see discovery._futures.
         return future_via_loop(shared_loop(), b.twin, self._key, request, timeout,  # type: ignore[attr-defined]
@@ -584,14 +607,10 @@ class _UnaryStream(_MultiCallable, _US):
         def restart(tried: list[Backend], exc: grpc.RpcError, attempt: int) -> tuple[Any, int] | None:
             # Called by the stream before its first message arrived: the
             # request is replayable until then.
-            delay = self._should_retry(exc, len(tried), attempt, deadline)
-            if delay is None:
+            nxt = self._next_attempt(exc, tried, attempt, deadline, metadata, wait_for_ready)
+            if nxt is None:
                 return None
-            if delay > 0:
-                attempt += 1
-                threading.Event().wait(delay)
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            b, remaining = self._pick_avoiding(tried, remaining, metadata, wait_for_ready)
+            b, remaining, attempt = nxt
             tried.append(b)
             return self._start(b, remaining, "__call__", request, metadata, credentials, wait_for_ready,
                                compression), attempt
