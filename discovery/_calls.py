@@ -31,7 +31,35 @@ else:  # grpc.Future is generic only in the type stubs
 __all__ = ["DeferredFuture", "LocalRpcError"]
 
 
-class LocalRpcError(grpc.RpcError, grpc.Call, _Future):
+class _Finished:
+    """The grpc.Future/grpc.Call answers of a call that is over."""
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False
+
+
+class LocalRpcError(_Finished, grpc.RpcError, grpc.Call, _Future):  # type: ignore[misc]  # grpc returns None here too
     """An RPC failed by the channel itself, before it reached a backend."""
 
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
@@ -54,27 +82,6 @@ class LocalRpcError(grpc.RpcError, grpc.Call, _Future):
     def debug_error_string(self) -> str:
         return self._details
 
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> float | None:  # type: ignore[override]
-        return None
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return False
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def running(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
     def result(self, timeout: float | None = None) -> Any:
         raise self
 
@@ -86,9 +93,6 @@ class LocalRpcError(grpc.RpcError, grpc.Call, _Future):
             raise self
         except LocalRpcError as exc:
             return exc.__traceback__
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(self)
 
     def __iter__(self) -> LocalRpcError:
         return self
@@ -217,7 +221,7 @@ class DeferredFuture(_Delegating):
         return None if self._inner is None else self._inner.time_remaining()
 
 
-class CompletedCall(_Delegating):
+class CompletedCall(_Finished, _Delegating):  # type: ignore[misc]  # grpc returns None here too
     """A finished successful call: the response, plus grpc's call object for metadata."""
 
     def __init__(self, response: Any, call: Any) -> None:
@@ -235,21 +239,6 @@ class CompletedCall(_Delegating):
 
     def traceback(self, timeout: float | None = None) -> None:
         return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def running(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(self)
 
 
 Restart = Callable[[list[Any], grpc.RpcError, int], "tuple[Any, int] | None"]
