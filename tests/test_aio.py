@@ -13,20 +13,17 @@ import pytest
 import discovery
 from discovery import aio
 from discovery.testing import wait_for
-from discovery.testing.servers import BackendServer, EchoStub
+from discovery.testing.servers import EchoStub, static_target
 
 C = grpc.ChannelConnectivity
 
-
-def static(servers: list[BackendServer]) -> str:
-    return "static:///" + ",".join(s.addr for s in servers)
 
 
 def test_is_a_grpc_aio_channel_and_balances(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(3)
 
     async def main() -> collections.Counter[bytes]:
-        async with aio.insecure_channel(static(servers)) as ch:
+        async with aio.insecure_channel(static_target(servers)) as ch:
             assert isinstance(ch, grpc.aio.Channel)
             await asyncio.wait_for(ch.channel_ready(), 10)
             stub = EchoStub(ch)
@@ -43,7 +40,7 @@ def test_all_four_shapes(start_backends) -> None:  # type: ignore[no-untyped-def
     name = s.name.encode()
 
     async def main() -> None:
-        async with aio.insecure_channel(static([s])) as ch:
+        async with aio.insecure_channel(static_target([s])) as ch:
             stub = EchoStub(ch)
             call = stub.Unary(b"", timeout=10, metadata=(("x-k", "v"),))
             assert await call == name and await call.code() is grpc.StatusCode.OK
@@ -69,7 +66,7 @@ def test_fail_fast_and_wait_for_ready(start_backends) -> None:  # type: ignore[n
     servers = start_backends(2)
 
     async def main() -> None:
-        async with aio.insecure_channel(static(servers)) as ch:
+        async with aio.insecure_channel(static_target(servers)) as ch:
             stub = EchoStub(ch)
             await stub.Unary(b"", timeout=10)
             for srv in servers:
@@ -96,7 +93,7 @@ def test_failures_count_for_outlier_detection_and_books_balance(start_backends) 
                                                          "childPolicy": [{"round_robin": {}}]}}]}
 
     async def main() -> None:
-        async with aio.insecure_channel(static(servers), service_config=sc) as ch:
+        async with aio.insecure_channel(static_target(servers), service_config=sc) as ch:
             stub = EchoStub(ch)
             await asyncio.wait_for(ch.channel_ready(), 10)
             await asyncio.to_thread(wait_for, lambda: sum(b.state is C.READY for b in ch.backends()) == 5, 10)
@@ -117,7 +114,7 @@ def test_close_with_grace_lets_a_stream_finish(start_backends) -> None:  # type:
     (s,) = start_backends(1)
 
     async def main() -> None:
-        ch = aio.insecure_channel(static([s]))
+        ch = aio.insecure_channel(static_target([s]))
         stub = EchoStub(ch)
         await stub.Unary(b"", timeout=10)
         s.gate.clear()

@@ -11,18 +11,12 @@ import pytest
 
 import discovery
 from discovery import Address, ResolverState
-from discovery.testing import ManualResolverBuilder, wait_for
-from discovery.testing.servers import BackendServer, EchoStub
+from discovery.testing import ManualResolverBuilder, wait_for, wait_ready
+from discovery.testing.servers import BackendServer, EchoStub, static_target
 
 C = grpc.ChannelConnectivity
 
 
-def static(servers: list[BackendServer]) -> str:
-    return "static:///" + ",".join(s.addr for s in servers)
-
-
-def ready(ch: discovery.Channel, n: int) -> None:
-    wait_for(lambda: sum(b.state is C.READY for b in ch.backends()) >= n, 10, message=f"{n} backends READY")
 
 
 def check_round_robin(stub: EchoStub, servers: list[BackendServer], rounds: int = 10) -> None:
@@ -36,23 +30,23 @@ def check_round_robin(stub: EchoStub, servers: list[BackendServer], rounds: int 
 
 def test_is_a_real_grpc_channel(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(1)
-    with discovery.insecure_channel(static(servers)) as ch:
+    with discovery.insecure_channel(static_target(servers)) as ch:
         assert isinstance(ch, grpc.Channel)
 
 
 def test_round_robin_distribution(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(4)
-    with discovery.insecure_channel(static(servers)) as ch:
+    with discovery.insecure_channel(static_target(servers)) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)  # the first RPC waits while the channel connects
-        ready(ch, 4)
+        wait_ready(ch, 4)
         check_round_robin(stub, servers)
 
 
 def test_pick_first_uses_only_the_first_address(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(3)
     sc = {"loadBalancingConfig": [{"pick_first": {}}]}
-    with discovery.insecure_channel(static(servers), service_config=sc) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=sc) as ch:
         stub = EchoStub(ch)
         assert {stub.Unary(b"", timeout=10) for _ in range(20)} == {servers[0].name.encode()}
         servers[0].stop()
@@ -70,7 +64,7 @@ def _try(stub: EchoStub) -> bytes | None:
 def test_all_four_rpc_shapes_and_call_styles(start_backends) -> None:  # type: ignore[no-untyped-def]
     (s,) = start_backends(1)
     name = s.name.encode()
-    with discovery.insecure_channel(static([s])) as ch:
+    with discovery.insecure_channel(static_target([s])) as ch:
         stub = EchoStub(ch)
         assert stub.Unary(b"", timeout=10) == name
         resp, call = stub.Unary.with_call(b"", timeout=10, metadata=[("x-test", "1")])
@@ -95,7 +89,7 @@ def test_intercept_channel_and_metadata(start_backends) -> None:  # type: ignore
             seen.append((details.method, details.metadata))
             return continuation(details._replace(metadata=[("x-added", "yes")]), request)
 
-    with discovery.insecure_channel(static([s])) as ch:
+    with discovery.insecure_channel(static_target([s])) as ch:
         stub = EchoStub(grpc.intercept_channel(ch, Recorder()))
         assert stub.Unary(b"", timeout=10, metadata=[("x-mine", "1")]) == s.name.encode()
     assert seen == [("/discovery.testing.Echo/Unary", [("x-mine", "1")])]
@@ -105,7 +99,7 @@ def test_deadline_is_honoured_by_the_backend_call(start_backends) -> None:  # ty
     (s,) = start_backends(1)
     s.gate.clear()
     try:
-        with discovery.insecure_channel(static([s])) as ch:
+        with discovery.insecure_channel(static_target([s])) as ch:
             stub = EchoStub(ch)
             stub.Unary(b"", timeout=10)
             with pytest.raises(grpc.RpcError) as info:
@@ -117,10 +111,10 @@ def test_deadline_is_honoured_by_the_backend_call(start_backends) -> None:  # ty
 
 def test_killed_backend_gets_no_rpcs_and_none_fail_after_detection(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(3)
-    with discovery.insecure_channel(static(servers)) as ch:
+    with discovery.insecure_channel(static_target(servers)) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
-        ready(ch, 3)
+        wait_ready(ch, 3)
         victim = servers[0]
         victim.stop()
         wait_for(lambda: next(b for b in ch.backends() if b.address == victim.addr).state is not C.READY, 10,
@@ -134,7 +128,7 @@ def test_killed_backend_gets_no_rpcs_and_none_fail_after_detection(start_backend
 
 def test_all_backends_down_fails_fast_then_wait_for_ready_succeeds_when_one_starts(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(2)
-    with discovery.insecure_channel(static(servers)) as ch:
+    with discovery.insecure_channel(static_target(servers)) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
         for s in servers:
@@ -163,7 +157,7 @@ def test_all_backends_down_fails_fast_then_wait_for_ready_succeeds_when_one_star
 def test_wait_for_ready_gives_up_at_its_deadline(start_backends) -> None:  # type: ignore[no-untyped-def]
     (s,) = start_backends(1)
     s.stop()
-    with discovery.insecure_channel(static([s])) as ch:
+    with discovery.insecure_channel(static_target([s])) as ch:
         stub = EchoStub(ch)
         with pytest.raises(grpc.RpcError) as info:
             stub.Unary(b"", timeout=0.5, wait_for_ready=True)
@@ -181,7 +175,7 @@ def test_address_changes_through_the_manual_resolver(start_backends, manual: Man
         stub = EchoStub(ch)
         manual.resolver.push(state(a, b))
         stub.Unary(b"", timeout=10)
-        ready(ch, 2)
+        wait_ready(ch, 2)
         check_round_robin(stub, [a, b])
 
         # Hold a stream open on each of a and b, then remove a: its stream must finish, not be cancelled.
@@ -191,7 +185,7 @@ def test_address_changes_through_the_manual_resolver(start_backends, manual: Man
         wait_for(lambda: a.active == 1 and b.active == 1, message="one stream held on each backend")
         manual.resolver.push(state(b, c, d))
         wait_for(lambda: {x.address for x in ch.backends()} == {b.addr, c.addr, d.addr}, message="new set applied")
-        ready(ch, 3)
+        wait_ready(ch, 3)
         check_round_robin(stub, [b, c, d])
         before_a = a.calls["Unary"]
         for _ in range(9):
@@ -251,7 +245,7 @@ def test_subscribe_reports_aggregate_states_and_shutdown(start_backends) -> None
             seen.append(state)
             cond.notify_all()
 
-    ch = discovery.insecure_channel(static(servers))
+    ch = discovery.insecure_channel(static_target(servers))
     ch.subscribe(cb, try_to_connect=True)
     with cond:
         assert cond.wait_for(lambda: C.READY in seen, 10)
@@ -259,7 +253,7 @@ def test_subscribe_reports_aggregate_states_and_shutdown(start_backends) -> None
     n = len(seen)
     ch.close()
     assert len(seen) == n and seen[0] in (C.IDLE, C.CONNECTING, C.READY)
-    ch2 = discovery.insecure_channel(static(servers))
+    ch2 = discovery.insecure_channel(static_target(servers))
     ch2.subscribe(cb)
     with cond:
         assert cond.wait_for(lambda: seen[-1] is C.READY, 10)
@@ -269,7 +263,7 @@ def test_subscribe_reports_aggregate_states_and_shutdown(start_backends) -> None
 
 def test_close_with_grace_lets_streams_finish_and_refuses_new_rpcs(start_backends) -> None:  # type: ignore[no-untyped-def]
     (s,) = start_backends(1)
-    ch = discovery.insecure_channel(static([s]))
+    ch = discovery.insecure_channel(static_target([s]))
     stub = EchoStub(ch)
     stub.Unary(b"", timeout=10)
     s.gate.clear()
@@ -288,7 +282,7 @@ def test_close_with_grace_lets_streams_finish_and_refuses_new_rpcs(start_backend
 
 def test_close_without_grace_cancels_in_flight(start_backends) -> None:  # type: ignore[no-untyped-def]
     (s,) = start_backends(1)
-    ch = discovery.insecure_channel(static([s]))
+    ch = discovery.insecure_channel(static_target([s]))
     stub = EchoStub(ch)
     s.gate.clear()
     try:

@@ -9,26 +9,20 @@ import grpc
 import pytest
 
 import discovery
-from discovery.testing import wait_for
-from discovery.testing.servers import BackendServer, EchoStub
+from discovery.testing import wait_for, wait_ready
+from discovery.testing.servers import EchoStub, static_target
 
 C = grpc.ChannelConnectivity
 
 
-def static(servers: list[BackendServer]) -> str:
-    return "static:///" + ",".join(s.addr for s in servers)
-
-
-def ready(ch: discovery.Channel, n: int) -> None:
-    wait_for(lambda: sum(b.state is C.READY for b in ch.backends()) >= n, 10, message=f"{n} backends READY")
 
 
 def test_many_futures_spread_evenly_without_a_thread_per_call(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(4)
-    with discovery.insecure_channel(static(servers)) as ch:
+    with discovery.insecure_channel(static_target(servers)) as ch:
         stub = EchoStub(ch)
         stub.Unary.future(b"", timeout=10).result()
-        ready(ch, 4)
+        wait_ready(ch, 4)
         for _ in servers:  # round robin: one future per backend warms its twin connection
             stub.Unary.future(b"", timeout=10).result()
         started = 0
@@ -53,7 +47,7 @@ def test_many_futures_spread_evenly_without_a_thread_per_call(start_backends) ->
 
 def test_future_behaves_like_grpcs(start_backends) -> None:  # type: ignore[no-untyped-def]
     (s,) = start_backends(1)
-    with discovery.insecure_channel(static([s])) as ch:
+    with discovery.insecure_channel(static_target([s])) as ch:
         stub = EchoStub(ch)
         f = stub.Unary.future(b"", timeout=10, metadata=[("x-k", "v")])
         assert f.result(10) == s.name.encode()
@@ -75,7 +69,7 @@ def test_future_behaves_like_grpcs(start_backends) -> None:  # type: ignore[no-u
 
 def test_cancel_reaches_the_server_and_the_books_balance(start_backends) -> None:  # type: ignore[no-untyped-def]
     (s,) = start_backends(1)
-    with discovery.insecure_channel(static([s])) as ch:
+    with discovery.insecure_channel(static_target([s])) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
         s.unary_gate.clear()
@@ -96,7 +90,7 @@ def test_cancel_reaches_the_server_and_the_books_balance(start_backends) -> None
 
 def test_deadline_of_a_future(start_backends) -> None:  # type: ignore[no-untyped-def]
     (s,) = start_backends(1)
-    with discovery.insecure_channel(static([s])) as ch:
+    with discovery.insecure_channel(static_target([s])) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
         s.unary_gate.clear()
@@ -109,7 +103,7 @@ def test_deadline_of_a_future(start_backends) -> None:  # type: ignore[no-untype
 
 def test_waiting_in_a_done_callback_raises_instead_of_deadlocking(start_backends) -> None:  # type: ignore[no-untyped-def]
     (s,) = start_backends(1)
-    with discovery.insecure_channel(static([s])) as ch:
+    with discovery.insecure_channel(static_target([s])) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
         s.unary_gate.clear()
@@ -156,11 +150,11 @@ def test_removed_backend_drains_its_futures(start_backends, manual) -> None:  # 
 
 def test_futures_are_repicked_when_a_backend_just_died(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(2)
-    with discovery.insecure_channel(static(servers)) as ch:
+    with discovery.insecure_channel(static_target(servers)) as ch:
         stub = EchoStub(ch)
         for _ in range(4):
             stub.Unary.future(b"", timeout=10).result()
-        ready(ch, 2)
+        wait_ready(ch, 2)
         servers[0].stop()
         got = collections.Counter(stub.Unary.future(b"", timeout=10).result(10) for _ in range(10))
         assert got == {servers[1].name.encode(): 10}

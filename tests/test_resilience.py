@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2
 
 import discovery
 from discovery import Address, ChannelSettings, ResolverState
-from discovery.testing import FakeClock, ManualResolverBuilder, wait_for
-from discovery.testing.servers import SERVICE, BackendServer, EchoStub
+from discovery.testing import FakeClock, ManualResolverBuilder, wait_for, wait_ready
+from discovery.testing.servers import SERVICE, BackendServer, EchoStub, static_target
 
 C = grpc.ChannelConnectivity
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -22,16 +22,10 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH = {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": SERVICE}}
 
 
-def static(servers: list[BackendServer]) -> str:
-    return "static:///" + ",".join(s.addr for s in servers)
-
 
 def snapshot(ch: discovery.Channel, server: BackendServer) -> discovery.BackendSnapshot:
     return next(b for b in ch.backends() if b.address == server.addr)
 
-
-def ready(ch: discovery.Channel, n: int) -> None:
-    wait_for(lambda: sum(b.state is C.READY for b in ch.backends()) >= n, 10, message=f"{n} backends READY")
 
 
 def spread(stub: EchoStub, n: int) -> collections.Counter[bytes]:
@@ -43,10 +37,10 @@ def spread(stub: EchoStub, n: int) -> collections.Counter[bytes]:
 
 def test_not_serving_is_excluded_and_serving_restores(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(3)
-    with discovery.insecure_channel(static(servers), service_config=HEALTH) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=HEALTH) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
-        ready(ch, 3)
+        wait_ready(ch, 3)
         sick = servers[0]
         sick.set_health(NOT_SERVING)
         wait_for(lambda: not snapshot(ch, sick).healthy, 10, message="NOT_SERVING noticed")
@@ -63,10 +57,10 @@ def test_backend_without_health_service_counts_as_healthy(start_backends) -> Non
     plain = BackendServer(with_health=False).start()
     try:
         (other,) = start_backends(1)
-        with discovery.insecure_channel(static([plain, other]), service_config=HEALTH) as ch:
+        with discovery.insecure_channel(static_target([plain, other]), service_config=HEALTH) as ch:
             stub = EchoStub(ch)
             stub.Unary(b"", timeout=10)
-            ready(ch, 2)
+            wait_ready(ch, 2)
             assert spread(stub, 20) == {plain.name.encode(): 10, other.name.encode(): 10}
             assert all(b.healthy for b in ch.backends())
     finally:
@@ -76,7 +70,7 @@ def test_backend_without_health_service_counts_as_healthy(start_backends) -> Non
 def test_health_watch_errors_mark_the_backend_unhealthy(start_backends) -> None:  # type: ignore[no-untyped-def]
     good, broken = start_backends(2)
     broken.health_fails_with = grpc.StatusCode.INTERNAL
-    with discovery.insecure_channel(static([good, broken]), service_config=HEALTH) as ch:
+    with discovery.insecure_channel(static_target([good, broken]), service_config=HEALTH) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
         wait_for(lambda: not snapshot(ch, broken).healthy, 10, message="broken health endpoint noticed")
@@ -87,7 +81,7 @@ def test_health_watch_errors_mark_the_backend_unhealthy(start_backends) -> None:
 
 def test_all_unhealthy_fails_fast_naming_the_reason(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(2)
-    with discovery.insecure_channel(static(servers), service_config=HEALTH) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=HEALTH) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
         for s in servers:
@@ -126,10 +120,10 @@ def test_consecutive_errors_eject_and_the_backend_returns_after_the_ejection_tim
     bad.fail_with = grpc.StatusCode.INTERNAL
     clock = FakeClock()
     settings = ChannelSettings(clock=clock)
-    with discovery.insecure_channel(static(servers), service_config=od(), settings=settings) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=od(), settings=settings) as ch:
         stub = EchoStub(ch)
         fire(stub, 1)  # may land on a failing backend
-        ready(ch, 5)
+        wait_ready(ch, 5)
         fire(stub, 40)  # the bad backend sees 8 of these and fails 5 in a row by then
         wait_for(lambda: snapshot(ch, bad).ejected, 5, message="bad backend ejected")
         before = bad.total
@@ -150,10 +144,11 @@ def test_repeated_ejections_last_longer(start_backends) -> None:  # type: ignore
     bad = servers[0]
     bad.fail_with = grpc.StatusCode.UNKNOWN
     clock = FakeClock()
-    with discovery.insecure_channel(static(servers), service_config=od(), settings=ChannelSettings(clock=clock)) as ch:
+    settings = ChannelSettings(clock=clock)
+    with discovery.insecure_channel(static_target(servers), service_config=od(), settings=settings) as ch:
         stub = EchoStub(ch)
         fire(stub, 1)  # may land on a failing backend
-        ready(ch, 5)
+        wait_ready(ch, 5)
         fire(stub, 40)
         wait_for(lambda: snapshot(ch, bad).ejected, 5, message="first ejection")
         clock.advance(31)
@@ -173,61 +168,52 @@ def test_max_ejection_percent_is_respected_but_one_can_always_go(start_backends)
     servers = start_backends(5)
     for s in servers[:3]:
         s.fail_with = grpc.StatusCode.INTERNAL
-    with discovery.insecure_channel(static(servers), service_config=od(maxEjectionPercent=10)) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=od(maxEjectionPercent=10)) as ch:
         stub = EchoStub(ch)
         fire(stub, 1)  # may land on a failing backend
-        ready(ch, 5)
+        wait_ready(ch, 5)
         fire(stub, 100)
         wait_for(lambda: sum(b.ejected for b in ch.backends()) == 1, 5, message="one ejection")
         fire(stub, 100)
         assert sum(b.ejected for b in ch.backends()) == 1  # 10 % of 5 rounds down, yet one is allowed
 
 
-def test_failure_percentage_ejection(start_backends) -> None:  # type: ignore[no-untyped-def]
-    servers = start_backends(5)
-    bad = servers[4]
-    cfg = od(consecutiveErrors=0, failurePercentageEjection={"threshold": 50, "minimumHosts": 5, "requestVolume": 10},
-             interval="0.3s")
-    with discovery.insecure_channel(static(servers), service_config=cfg) as ch:
-        stub = EchoStub(ch)
-        stub.Unary(b"", timeout=10)
-        ready(ch, 5)
-        bad.fail_with = grpc.StatusCode.DEADLINE_EXCEEDED
-
-        def ejected() -> bool:
-            fire(stub, 25)
-            return snapshot(ch, bad).ejected
-
-        wait_for(ejected, 10, message="failure-percentage ejection")
-        assert [b.address for b in ch.backends() if b.ejected] == [bad.addr]
-
-
-def test_success_rate_ejection(start_backends) -> None:  # type: ignore[no-untyped-def]
-    servers = start_backends(6)
+@pytest.mark.parametrize(
+    ("n", "code", "algorithm"),
+    [(5, grpc.StatusCode.DEADLINE_EXCEEDED,
+      {"maxEjectionPercent": 20,
+       "failurePercentageEjection": {"threshold": 50, "minimumHosts": 5, "requestVolume": 10}}),
+     (6, grpc.StatusCode.UNAVAILABLE,
+      {"maxEjectionPercent": 50,
+       "successRateEjection": {"stdevFactor": 1000, "minimumHosts": 5, "requestVolume": 10}})],
+    ids=["failure-percentage", "success-rate"],
+)
+def test_interval_ejection_algorithms(start_backends, n: int, code: grpc.StatusCode,  # type: ignore[no-untyped-def]
+                                      algorithm: dict[str, object]) -> None:
+    servers = start_backends(n)
     bad = servers[0]
-    cfg = od(consecutiveErrors=0, maxEjectionPercent=50, interval="0.3s",
-             successRateEjection={"stdevFactor": 1000, "minimumHosts": 5, "requestVolume": 10})
-    with discovery.insecure_channel(static(servers), service_config=cfg) as ch:
+    cfg = od(consecutiveErrors=0, interval="0.3s", **algorithm)
+    with discovery.insecure_channel(static_target(servers), service_config=cfg) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
-        ready(ch, 6)
-        bad.fail_with = grpc.StatusCode.UNAVAILABLE
+        wait_ready(ch, n)
+        bad.fail_with = code
 
         def ejected() -> bool:
-            fire(stub, 30)
+            fire(stub, 5 * n)
             return snapshot(ch, bad).ejected
 
-        wait_for(ejected, 10, message="success-rate ejection")
+        wait_for(ejected, 10, message="ejection by the interval algorithm")
         assert [b.address for b in ch.backends() if b.ejected] == [bad.addr]
 
 
 def test_ok_and_client_side_codes_do_not_count_as_failures(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(5)
     servers[0].fail_with = grpc.StatusCode.NOT_FOUND  # the request's fault, not the backend's
-    with discovery.insecure_channel(static(servers), service_config=od()) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=od()) as ch:
         stub = EchoStub(ch)
         fire(stub, 1)
-        ready(ch, 5)
+        wait_ready(ch, 5)
         _, failed = fire(stub, 50)
         assert failed == 10
         balancer = ch._core.balancer
@@ -243,10 +229,10 @@ def test_panic_spread_sends_traffic_to_ejected_backends(start_backends) -> None:
     servers = start_backends(4)
     cfg = {"loadBalancingConfig": [{"outlier_detection": {
         "interval": "0.05s", "maxEjectionPercent": 100, "childPolicy": [{"round_robin": {"panicMode": "spread"}}]}}]}
-    with discovery.insecure_channel(static(servers), service_config=cfg) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=cfg) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
-        ready(ch, 4)
+        wait_ready(ch, 4)
         for s in servers[:3]:
             s.fail_with = grpc.StatusCode.INTERNAL
         fire(stub, 60)
@@ -260,10 +246,10 @@ def test_panic_fail_mode_fails_fast_with_the_reason(start_backends) -> None:  # 
     servers = start_backends(4)
     cfg = {"loadBalancingConfig": [{"outlier_detection": {
         "interval": "0.05s", "maxEjectionPercent": 100, "childPolicy": [{"round_robin": {"panicMode": "fail"}}]}}]}
-    with discovery.insecure_channel(static(servers), service_config=cfg) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=cfg) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
-        ready(ch, 4)
+        wait_ready(ch, 4)
         for s in servers[:3]:
             s.fail_with = grpc.StatusCode.INTERNAL
         fire(stub, 60)
@@ -280,10 +266,10 @@ def test_panic_fail_mode_fails_fast_with_the_reason(start_backends) -> None:  # 
 def test_backend_killed_under_steady_load(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(3)
     victim = servers[0]
-    with discovery.insecure_channel(static(servers)) as ch:
+    with discovery.insecure_channel(static_target(servers)) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
-        ready(ch, 3)
+        wait_ready(ch, 3)
         stop = threading.Event()
         detected = threading.Event()
         results: list[tuple[bool, bool]] = []  # (detected when issued, failed)
@@ -320,7 +306,7 @@ def test_backend_killed_under_steady_load(start_backends) -> None:  # type: igno
 
 def test_all_down_then_restarted(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(2)
-    with discovery.insecure_channel(static(servers)) as ch:
+    with discovery.insecure_channel(static_target(servers)) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
         for s in servers:
@@ -332,7 +318,7 @@ def test_all_down_then_restarted(start_backends) -> None:  # type: ignore[no-unt
         for s in servers:
             s.start()
         assert waiting.result(30) in {s.name.encode() for s in servers}
-        ready(ch, 2)
+        wait_ready(ch, 2)
         assert spread(stub, 20) == {s.name.encode(): 10 for s in servers}
 
 
@@ -386,7 +372,7 @@ def test_flapping_addresses_leak_nothing(start_backends, manual: ManualResolverB
         stub = EchoStub(ch)
         manual.resolver.push(sets[0])
         stub.Unary(b"", timeout=10)
-        ready(ch, 2)
+        wait_ready(ch, 2)
         threads, fds = _client_threads(), _fds()
         for i in range(1000):
             manual.resolver.push(sets[(i + 1) % 2])
@@ -400,7 +386,7 @@ def test_flapping_addresses_leak_nothing(start_backends, manual: ManualResolverB
         wait_for(lambda: not core.manager.draining, message="nothing left draining")
         assert core.manager.created - core.manager.closed == 2
         assert core.manager.created == 1002
-        ready(ch, 2)
+        wait_ready(ch, 2)
         assert spread(stub, 10) == {a.name.encode(): 5, b.name.encode(): 5}
         wait_for(lambda: _client_threads() <= threads, 10,
                  message=f"threads back to {threads}: {[t.name for t in threading.enumerate()]}")
@@ -425,11 +411,11 @@ def test_retries_land_on_backends_not_tried_yet(start_backends) -> None:  # type
     servers = start_backends(3)
     for s in servers[:2]:
         s.fail_with = grpc.StatusCode.UNAVAILABLE
-    with discovery.insecure_channel(static(servers), service_config=retry_config()) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=retry_config()) as ch:
         stub = EchoStub(ch)
         ready_stub = stub.Unary(b"", timeout=10)
         assert ready_stub == servers[2].name.encode()
-        ready(ch, 3)
+        wait_ready(ch, 3)
         for _ in range(20):
             before = [s.total for s in servers]
             assert stub.Unary(b"", timeout=10) == servers[2].name.encode()
@@ -446,7 +432,7 @@ def test_non_retryable_codes_are_not_retried(start_backends) -> None:  # type: i
     servers = start_backends(2)
     for s in servers:
         s.fail_with = grpc.StatusCode.INTERNAL
-    with discovery.insecure_channel(static(servers), service_config=retry_config()) as ch:
+    with discovery.insecure_channel(static_target(servers), service_config=retry_config()) as ch:
         stub = EchoStub(ch)
         with pytest.raises(grpc.RpcError) as info:
             stub.Unary(b"", timeout=10)
@@ -458,9 +444,9 @@ def test_retry_throttling_stops_retry_storms(start_backends) -> None:  # type: i
     servers = start_backends(3)
     for s in servers:
         s.fail_with = grpc.StatusCode.UNAVAILABLE
-    with discovery.insecure_channel(static(servers), service_config=retry_config(maxTokens=10, tokenRatio=0.1)) as ch:
+    cfg = retry_config(maxTokens=10, tokenRatio=0.1)
+    with discovery.insecure_channel(static_target(servers), service_config=cfg) as ch:
         stub = EchoStub(ch)
-        ready(ch, 0)
         for _ in range(10):
             with pytest.raises(grpc.RpcError):
                 stub.Unary(b"", timeout=10)
@@ -471,10 +457,10 @@ def test_retry_throttling_stops_retry_storms(start_backends) -> None:  # type: i
 
 def test_transparent_repick_when_the_backend_channel_could_not_send(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(2)
-    with discovery.insecure_channel(static(servers)) as ch:
+    with discovery.insecure_channel(static_target(servers)) as ch:
         stub = EchoStub(ch)
         stub.Unary(b"", timeout=10)
-        ready(ch, 2)
+        wait_ready(ch, 2)
         dead = servers[0]
         dead.stop()
         # Straight after the kill the picker may still offer the dead backend;
@@ -489,10 +475,10 @@ def test_transparent_repick_when_the_backend_channel_could_not_send(start_backen
 def test_channel_options_reach_every_backend(start_backends) -> None:  # type: ignore[no-untyped-def]
     servers = start_backends(2)
     opts = [("grpc.max_receive_message_length", 1024), ("grpc.keepalive_time_ms", 30000)]
-    with discovery.insecure_channel(static(servers), opts) as ch:
+    with discovery.insecure_channel(static_target(servers), opts) as ch:
         stub = EchoStub(ch)
         assert stub.Unary(b"", timeout=10)
-        ready(ch, 2)
+        wait_ready(ch, 2)
         for _ in range(2):  # one per backend
             with pytest.raises(grpc.RpcError) as info:
                 list(stub.Bidi(iter([b"x" * 4096]), timeout=10))

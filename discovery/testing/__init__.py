@@ -35,7 +35,14 @@ __all__ = [
     "RecordingListener",
     "addresses",
     "wait_for",
+    "wait_ready",
 ]
+
+
+def wait_ready(channel: Any, n: int, timeout: float = 10.0) -> None:
+    """Wait until at least ``n`` of ``channel.backends()`` are READY (a sync or asyncio channel)."""
+    wait_for(lambda: sum(b.state is grpc.ChannelConnectivity.READY for b in channel.backends()) >= n, timeout,
+             message=f"{n} backends READY")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01,

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-__all__ = ["SERVICE", "BackendServer", "EchoStub"]
+__all__ = ["SERVICE", "BackendServer", "EchoStub", "static_target"]
 
 SERVICE = "discovery.testing.Echo"
 _HealthStatus = health_pb2.HealthCheckResponse
@@ -194,3 +194,8 @@ class EchoStub:
         self.ServerStream = channel.unary_stream(p + "ServerStream", _ident, _ident)
         self.ClientStream = channel.stream_unary(p + "ClientStream", _ident, _ident)
         self.Bidi = channel.stream_stream(p + "Bidi", _ident, _ident)
+
+
+def static_target(servers: list[BackendServer]) -> str:
+    """``static:///addr,addr`` for these servers."""
+    return "static:///" + ",".join(s.addr for s in servers)
