@@ -40,8 +40,9 @@ from .config import ServiceConfig
 from .control import ControlLoop, Timer
 from .errors import ResolverError
 from .manager import SubchannelManager
+from .methodconfig import RetryPolicy
 from .resolver import Resolver
-from .retry import RetryPolicy, RetryThrottle, never_sent, policy_for_method
+from .retry import RetryThrottle, never_sent
 
 __all__ = ["Channel", "ChannelSettings"]
 
@@ -103,7 +104,7 @@ class _Core:
         self.conn_error = ""
         self.has_state = False
         self.failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES
-        self.method_config: Any = ()
+        self.service_config = ServiceConfig()
         self.throttle: RetryThrottle | None = None
         self._consecutive_limit = 0
         self._on_limit: Callable[[SubConn], None] | None = None
@@ -256,7 +257,8 @@ class _Core:
     # -- data plane helpers (any thread) ----------------------------------
 
     def retry_policy(self, method: str) -> RetryPolicy | None:
-        return policy_for_method(self.method_config, method)
+        mc = self.service_config.method_config(method)
+        return None if mc is None else mc.retry
 
     def explain(self, picker: Picker) -> str:
         parts = [f"no backend available for {self.target}: {picker.reason}"]
@@ -742,10 +744,9 @@ def build_channel(
 ) -> Channel:
     """Assemble a channel. Every part is built before anything starts resolving."""
     core = _Core(target, settings)
-    core.method_config = service_config.method_config
-    if service_config.retry_throttling is not None:
-        core.throttle = RetryThrottle(service_config.retry_throttling["maxTokens"],
-                                      service_config.retry_throttling["tokenRatio"])
+    core.service_config = service_config
+    if service_config.throttling is not None:
+        core.throttle = RetryThrottle(service_config.throttling.max_tokens, service_config.throttling.token_ratio)
     health_checked = service_config.health_service_name is not None
     core.manager = SubchannelManager(core.loop, make_channel, drain_grace=settings.drain_grace,
                                      configure=lambda b: core.configure_backend(b, health_checked),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,16 @@ from types import MappingProxyType
 from typing import Any
 
 from . import registry
+from .durations import parse_duration
 from .errors import ConfigError, DiscoveryError, TargetError, UnknownPolicyError
+from .methodconfig import (
+    HedgingPolicy,
+    MethodConfig,
+    MethodTable,
+    RetryPolicy,
+    RetryThrottling,
+    lookup_method_config,
+)
 from .resolver import ResolverOptions
 from .target import parse_target
 
@@ -39,7 +47,6 @@ __all__ = [
 # loadBalancingConfig it balances round robin; set pick_first to get gRPC's.
 DEFAULT_POLICY = "round_robin"
 
-_DURATION = re.compile(r"^(-?\d+(?:\.\d{1,9})?)s$")
 _TOP_KEYS = {"loadBalancingConfig", "loadBalancingPolicy", "healthCheckConfig", "methodConfig",
              "retryThrottling"}
 
@@ -60,21 +67,6 @@ def _thawed(value: Any) -> Any:
     return value
 
 
-def parse_duration(value: Any, *, key_path: str, source: str | None = None) -> float:
-    """A gRPC JSON duration (``"10s"``, ``"0.5s"``) or a plain number of seconds."""
-    if isinstance(value, bool):
-        raise ConfigError(f"expected a duration like \"10s\", got {value!r}", source=source, key_path=key_path)
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
-        seconds = float(m.group(1))
-    else:
-        raise ConfigError(f"expected a duration like \"10s\", got {value!r}", source=source, key_path=key_path)
-    if seconds < 0:
-        raise ConfigError(f"duration must not be negative, got {value!r}", source=source, key_path=key_path)
-    return seconds
-
-
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """A validated service config.
@@ -88,10 +80,15 @@ class ServiceConfig:
     policy: str = DEFAULT_POLICY
     policy_config: Any = None
     health_service_name: str | None = None
-    method_config: tuple[Any, ...] = ()
     retry_throttling: Mapping[str, Any] | None = None
     backend_json: str = ""
     raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    methods: MethodTable = field(default_factory=lambda: MappingProxyType({}))
+    throttling: RetryThrottling | None = None
+
+    def method_config(self, method: str) -> MethodConfig | None:
+        """What ``methodConfig`` says about ``/pkg.Service/Method`` (gRPC's matching), or None."""
+        return lookup_method_config(self.methods, method)
 
 
 def _expect(cond: bool, what: str, value: Any, source: str | None, key_path: str) -> None:
@@ -127,9 +124,11 @@ def select_policy(lbc: Any, source: str | None, key_path: str) -> tuple[str, Any
     )
 
 
-def _check_method_config(mc: Any, source: str | None, key_path: str) -> None:
+def _method_table(mc: Any, source: str | None, key_path: str) -> dict[tuple[str, str], MethodConfig]:
+    """Validate ``methodConfig`` and index it by (service, method) as gRPC matches names."""
     _expect(isinstance(mc, Sequence) and not isinstance(mc, str), "a list of method configs", mc, source,
             key_path)
+    table: dict[tuple[str, str], MethodConfig] = {}
     for i, entry in enumerate(mc):
         path = f"{key_path}[{i}]"
         _expect(isinstance(entry, Mapping), "an object", entry, source, path)
@@ -137,26 +136,49 @@ def _check_method_config(mc: Any, source: str | None, key_path: str) -> None:
                    "maxRequestMessageBytes", "maxResponseMessageBytes"}
         unknown = set(entry) - allowed
         if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected some of {sorted(allowed)}",
+            raise ConfigError(f"unknown key(s) {sorted(map(str, unknown))}; expected some of {sorted(allowed)}",
                               source=source, key_path=path)
         names = entry.get("name", [])
-        _expect(isinstance(names, Sequence) and all(isinstance(n, Mapping) for n in names),
+        _expect(isinstance(names, Sequence) and not isinstance(names, str)
+                and all(isinstance(n, Mapping) for n in names),
                 "a list of {service, method} objects", names, source, f"{path}.name")
+        timeout = None
         if "timeout" in entry:
-            parse_duration(entry["timeout"], key_path=f"{path}.timeout", source=source)
-        if "waitForReady" in entry:
-            _expect(isinstance(entry["waitForReady"], bool), "true or false", entry["waitForReady"], source,
-                    f"{path}.waitForReady")
-        for k in ("retryPolicy", "hedgingPolicy"):
-            if k in entry:
-                _expect(isinstance(entry[k], Mapping), "an object", entry[k], source, f"{path}.{k}")
-        if "retryPolicy" in entry:
-            from .retry import RetryPolicy
-
-            try:
-                RetryPolicy.parse(entry["retryPolicy"], f"{path}.retryPolicy")
-            except ConfigError as exc:
-                raise ConfigError(str(exc), source=source) from exc
+            timeout = parse_duration(entry["timeout"], key_path=f"{path}.timeout", source=source)
+        wfr = entry.get("waitForReady")
+        _expect(wfr is None or isinstance(wfr, bool), "true or false", wfr, source, f"{path}.waitForReady")
+        retry = hedging = None
+        try:
+            if "retryPolicy" in entry:
+                retry = RetryPolicy.parse(entry["retryPolicy"], f"{path}.retryPolicy")
+            if "hedgingPolicy" in entry:
+                hedging = HedgingPolicy.parse(entry["hedgingPolicy"], f"{path}.hedgingPolicy")
+        except ConfigError as exc:
+            raise ConfigError(str(exc), source=source) from exc
+        if retry is not None and hedging is not None:
+            raise ConfigError("retryPolicy and hedgingPolicy are mutually exclusive", source=source, key_path=path)
+        sizes: dict[str, int | None] = {}
+        for key in ("maxRequestMessageBytes", "maxResponseMessageBytes"):
+            v = entry.get(key)
+            _expect(v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31),
+                    "an integer in [0, 2147483647]", v, source, f"{path}.{key}")
+            sizes[key] = v
+        value = MethodConfig(timeout, wfr, retry, hedging, sizes["maxRequestMessageBytes"],
+                             sizes["maxResponseMessageBytes"])
+        for j, n in enumerate(names):
+            npath = f"{path}.name[{j}]"
+            unknown = set(n) - {"service", "method"}
+            if unknown:
+                raise ConfigError(f"unknown key(s) {sorted(map(str, unknown))}; expected service and method",
+                                  source=source, key_path=npath)
+            s, m = n.get("service", ""), n.get("method", "")
+            _expect(isinstance(s, str) and isinstance(m, str), "string service and method names", n, source, npath)
+            if m and not s:
+                raise ConfigError("a method name needs a service name", source=source, key_path=npath)
+            if (s, m) in table:
+                raise ConfigError(f"duplicate method config name {dict(n)!r}", source=source, key_path=npath)
+            table[(s, m)] = value
+    return table
 
 
 def parse_service_config(value: Mapping[str, Any] | str | None, *, source: str | None = None,
@@ -193,7 +215,7 @@ def parse_service_config(value: Mapping[str, Any] | str | None, *, source: str |
         health = hc.get("serviceName", "")
         _expect(isinstance(health, str), "a string", health, source, f"{key_path}.healthCheckConfig.serviceName")
     method_config = value.get("methodConfig", [])
-    _check_method_config(method_config, source, f"{key_path}.methodConfig")
+    methods = _method_table(method_config, source, f"{key_path}.methodConfig")
     throttling = value.get("retryThrottling")
     if throttling is not None:
         path = f"{key_path}.retryThrottling"
@@ -222,8 +244,10 @@ def parse_service_config(value: Mapping[str, Any] | str | None, *, source: str |
         policy=policy,
         policy_config=policy_config,
         health_service_name=health,
-        method_config=_frozen(method_config),
         retry_throttling=_frozen(throttling) if throttling is not None else None,
+        methods=MappingProxyType(methods),
+        throttling=(None if throttling is None
+                    else RetryThrottling(float(throttling["maxTokens"]), float(throttling["tokenRatio"]))),
         backend_json=json.dumps(backend, sort_keys=True) if backend else "",
         raw=_frozen(value),
     )

@@ -208,7 +208,7 @@ class OutlierDetectionBuilder(BalancerBuilder):
     name: ClassVar[str] = "outlier_detection"
 
     def parse_config(self, config: Mapping[str, Any], *, key_path: str) -> OutlierDetectionConfig:
-        from ..retry import parse_codes
+        from ..methodconfig import parse_codes
 
         raw = _section(config, key_path, {
             "interval", "baseEjectionTime", "maxEjectionTime", "maxEjectionPercent", "successRateEjection",
