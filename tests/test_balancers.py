@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from discovery import get_balancer
-from discovery.balancer import Balancer, ErrorPicker, Picker, PickResult, QueuePicker, aggregate_state, describe_states
+from discovery.balancer import Balancer, ErrorPicker, PickResult, QueuePicker, aggregate_state, describe_states
 from discovery.testing import FakeClock, FakeHelper, FakeSubConn, addresses, update
 
 C = grpc.ChannelConnectivity
