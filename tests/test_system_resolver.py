@@ -80,9 +80,10 @@ class Harness:
         self.resolvers.append(r)
         return r
 
-    def settle(self) -> None:
-        """Wait until the resolver thread sleeps on the fake clock again."""
-        assert self.clock.wait_for_waiters(1), "the resolver thread did not go back to waiting"
+    def settle(self) -> float | None:
+        """Wait until the resolver thread sleeps on the fake clock again; how long it will sleep."""
+        (left,) = self.clock.wait_for_blocked(1)
+        return left
 
     def addrs(self, index: int = -1) -> list[str]:
         return [a.addr for a in self.listener.states[index].addresses]
@@ -179,27 +180,25 @@ def test_re_resolves_every_30_seconds_by_default(h: Harness) -> None:
     h.gai.set("orders.test", ["127.0.0.1"])
     h.build()
     h.listener.wait_for_count(states=1)
-    h.settle()
+    assert h.settle() == 30.0
     h.gai.set("orders.test", ["127.0.0.1", "127.0.0.2"])
     h.clock.advance(29.0)
-    h.settle()
+    assert h.settle() == pytest.approx(1.0)
     assert h.gai.calls == 1
     h.clock.advance(1.0)
-    h.gai.wait_calls(2)
     h.listener.wait_for_count(states=2)
     assert h.addrs() == ["127.0.0.1:50051", "127.0.0.2:50051"]
+    assert h.settle() == 30.0 and h.gai.calls == 2
 
 
 def test_interval_option(h: Harness) -> None:
     h.gai.set("orders.test", ["127.0.0.1"])
     h.build(interval="5s")
     h.gai.wait_calls(1)
-    h.settle()
-    h.clock.advance(4.9)
-    h.settle()
-    assert h.gai.calls == 1
-    h.clock.advance(0.1)
+    assert h.settle() == 5.0
+    h.clock.advance(5.0)
     h.gai.wait_calls(2)
+    assert h.settle() == 5.0
 
 
 def test_resolve_now_looks_up_at_once_but_at_most_every_2_seconds(h: Harness) -> None:
@@ -208,41 +207,40 @@ def test_resolve_now_looks_up_at_once_but_at_most_every_2_seconds(h: Harness) ->
     h.gai.wait_calls(1)
     h.settle()
     h.gai.set("orders.test", ["127.0.0.2"])
+    h.clock.advance(10.0)
+    r.resolve_now()  # 10 s after the last lookup: at once
+    h.listener.wait_for_state(lambda s: [a.addr for a in s.addresses] == ["127.0.0.2:50051"])
+    assert h.settle() == 30.0
+    h.gai.set("orders.test", ["127.0.0.3"])
     for _ in range(50):
         r.resolve_now()
-    h.settle()
-    h.clock.advance(1.9)
-    h.settle()
-    assert h.gai.calls == 1  # rate-limited
-    h.clock.advance(0.1)
-    h.listener.wait_for_state(lambda s: [a.addr for a in s.addresses] == ["127.0.0.2:50051"])
-    h.settle()
-    assert h.gai.calls == 2  # fifty calls, one lookup
+    assert h.settle() == pytest.approx(2.0)  # right after a lookup: rate-limited to one per 2 s
+    assert h.gai.calls == 2
+    h.clock.advance(2.0)
+    h.listener.wait_for_state(lambda s: [a.addr for a in s.addresses] == ["127.0.0.3:50051"])
+    assert h.settle() == 30.0
+    assert h.gai.calls == 3  # fifty calls, one lookup
 
 
 def test_unknown_name_is_an_empty_set_re_resolved_with_backoff(h: Harness) -> None:
     h.build()  # the fake knows no name yet: NXDOMAIN
     state = h.listener.wait_for_state()
     assert state.addresses == () and "'orders.test' not found by the system resolver" in state.note
-    h.settle()
     # Backoff 1 s x1.6 per empty answer (jitter 20 %), never under the 2 s floor, capped at the interval.
-    for n in range(1, 8):
-        h.clock.advance(max(2.0, min(30.0, 1.6 ** (n - 1) * 1.2)))
+    for n in range(1, 11):
+        delay = h.settle()
+        base = min(30.0, 1.6 ** (n - 1))
+        assert delay is not None
+        assert max(2.0, base * 0.8) - 1e-9 <= delay <= max(2.0, min(30.0, base * 1.2)) + 1e-9, (n, delay)
+        h.clock.advance(delay)
         h.gai.wait_calls(n + 1)
-        h.settle()
-    h.clock.advance(1.6 ** 7 * 0.8 - 0.1)  # the eighth step is at least 21.4 s
-    h.settle()
-    assert h.gai.calls == 8
+    delay = h.settle()
+    assert delay is not None and 24.0 - 1e-9 <= delay <= 30.0  # capped at the interval (jitter below it)
     h.gai.set("orders.test", ["127.0.0.1"])
     h.clock.advance(30.0)
     h.listener.wait_for_state(lambda s: bool(s.addresses))
-    h.settle()
     # Found again: back to the plain interval, the backoff reset.
-    h.clock.advance(29.9)
-    h.settle()
-    assert h.gai.calls == 9
-    h.clock.advance(0.1)
-    h.gai.wait_calls(10)
+    assert h.settle() == 30.0
     assert h.listener.errors == []
 
 
