@@ -238,6 +238,11 @@ class _Registry(Generic[B]):
             extra = f" (the {name} resolver ships in this repository: {hint})" if hint else ""
             raise self._unknown(f"unknown {self._kind} {name!r}{extra}; known: {known}")
 
+    def has(self, name: str) -> bool:
+        """Whether ``name`` gives a working builder (imports its plugin if need be; never raises)."""
+        with self._lock:
+            return name in self._registered or self._load(name) is not None
+
     def names(self) -> set[str]:
         with self._lock:
             return set(self._registered) | set(self._loaded) | set(self._fallbacks) | (
@@ -367,13 +372,17 @@ def get_balancer(name: str) -> BalancerBuilder:
 
 
 def has_resolver(scheme: str) -> bool:
-    """Whether ``scheme`` has a resolver (registered, installed and not known broken, or built in)."""
-    return scheme.lower() in _resolvers.names()
+    """Whether ``scheme`` has a working resolver: registered, an installed plugin that loads, or built in.
+
+    Imports the plugin on first use (a broken one is logged, and the answer is
+    False); never raises.
+    """
+    return _resolvers.has(scheme.lower())
 
 
 def has_balancer(name: str) -> bool:
-    """Whether policy ``name`` has a balancer (registered, or installed and not known broken)."""
-    return name in _balancers.names()
+    """Whether policy ``name`` has a working balancer (imports the plugin on first use; never raises)."""
+    return _balancers.has(name)
 
 
 def balancer_names() -> set[str]:

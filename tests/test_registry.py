@@ -261,3 +261,11 @@ def test_reload_plugins_keeps_registrations(plugin_env: PluginEnv) -> None:
         assert isinstance(discovery.get_resolver("static"), StaticResolverBuilder)
     finally:
         discovery.unregister_resolver("kept")
+
+
+def test_a_broken_balancer_is_skipped_like_an_unsupported_one_in_load_balancing_config(
+        plugin_env: PluginEnv) -> None:
+    plugin_env.install("bad-policy", modules={"bad_policy": MISSING_DEP}, balancers={"fancy": "bad_policy:B"})
+    assert not registry.has_balancer("fancy")
+    sc = discovery.parse_service_config({"loadBalancingConfig": [{"fancy": {}}, {"pick_first": {}}]})
+    assert sc.policy == "pick_first"
