@@ -93,7 +93,7 @@ def install_hint(scheme: str) -> str | None:
     path = _SHIPPED_PLUGINS.get(scheme.lower())
     if path is None:
         return None
-    return f"pip install -e {path} (from a grpc-discovery checkout)"
+    return f"pip install -e {path} (in a grpc-discovery checkout)"
 
 
 def _describe(ep: EntryPoint) -> str:
@@ -153,7 +153,7 @@ class _Registry(Generic[B]):
 
     def _instantiate(self, name: str, ep: EntryPoint) -> B:
         """Import ``ep`` and make its builder; every failure is a PluginError naming the plugin."""
-        what = f"{self._kind} plugin {name!r} ({_describe(ep)})"
+        what = f"{self._kind} plugin {name!r} from {_describe(ep)}"
         try:
             obj = ep.load()
         except ImportError as exc:
@@ -201,7 +201,7 @@ class _Registry(Generic[B]):
                 )
             else:
                 for e in errors:
-                    log.error("skipping broken %s plugin: %s", self._kind, e)
+                    log.error("skipping a broken plugin: %s", e)
         else:
             if fallback is not None:
                 # A built-in failing to load is a bug in this package: let it raise.
@@ -209,7 +209,7 @@ class _Registry(Generic[B]):
                 self._fallback_used.add(name)
             for e in errors:
                 using = f"; using the built-in {fallback}" if fallback is not None else ""
-                log.error("skipping broken %s plugin: %s%s", self._kind, e, using)
+                log.error("skipping a broken plugin: %s%s", e, using)
         if builder is not None:
             self._loaded[name] = builder
             return builder
@@ -235,7 +235,7 @@ class _Registry(Generic[B]):
                 )
             known = ", ".join(sorted(self.names())) or "none"
             hint = install_hint(name) if self._kind == "resolver" else None
-            extra = f" (the {name} resolver ships in this repository: {hint})" if hint else ""
+            extra = f": its plugin ships with grpc-discovery, {hint}" if hint else ""
             raise self._unknown(f"unknown {self._kind} {name!r}{extra}; known: {known}")
 
     def has(self, name: str) -> bool:

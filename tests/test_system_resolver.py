@@ -149,8 +149,8 @@ def test_bare_host_port_in_a_config_file_with_the_core_alone(core_only: PluginEn
 def test_a_dns_server_in_the_target_needs_the_plugin(core_only: PluginEnv) -> None:
     with pytest.raises(TargetError) as info:
         discovery.insecure_channel("dns://127.0.0.1:53/orders.internal:50051")
-    assert info.match(r"querying a specific DNS server \('127.0.0.1:53'\) needs the DNS plugin "
-                      r"\(pip install -e plugins/dns \(from a grpc-discovery checkout\)\)")
+    assert info.match(r"querying a specific DNS server \('127.0.0.1:53'\) needs the DNS plugin: "
+                      r"pip install -e plugins/dns \(in a grpc-discovery checkout\)\. Without it")
 
 
 def test_an_ip_literal_needs_no_thread(h: Harness) -> None:

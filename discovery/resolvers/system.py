@@ -96,8 +96,8 @@ def _dns_plugin_needed(target: Target, what: str) -> TargetError:
     from ..registry import install_hint
 
     return TargetError(
-        f"target {str(target)!r}: {what} needs the DNS plugin ({install_hint('dns')}); "
-        "without it, dns: targets are resolved by the operating system (hosts file, then the "
+        f"target {str(target)!r}: {what} needs the DNS plugin: {install_hint('dns')}. "
+        "Without it, dns: targets are resolved by the operating system (hosts file, then the "
         "DNS servers of resolv.conf)"
     )
 
@@ -136,9 +136,11 @@ def parse_config(config: Mapping[str, Any]) -> SystemConfig:
     """Validate the resolver options; ConfigError names the key."""
     unknown = sorted(str(k) for k in config if k not in KEYS)
     if unknown:
+        from ..registry import install_hint
+
         raise ConfigError(
-            f"unknown key(s) {unknown} for the system resolver; expected: {', '.join(KEYS)} "
-            "(DNS server, SRV and TTL options need the DNS plugin: pip install -e plugins/dns)",
+            f"unknown key(s) {unknown} for the system resolver; expected: {', '.join(KEYS)}. "
+            f"DNS server, SRV and TTL options need the DNS plugin: {install_hint('dns')}",
             key_path="resolver",
         )
     interval = DEFAULT_INTERVAL
