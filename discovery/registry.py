@@ -199,26 +199,28 @@ class _Registry(Generic[B]):
                     "(uninstall the others, or register_%s(..., replace=True) to choose)",
                     self._kind, name, len(candidates), providers, _describe(winner[0]), broken, self._kind,
                 )
-            else:
-                for e in errors:
-                    log.error("skipping a broken plugin: %s", e)
         else:
+            failure: PluginError | None = None
+            if len(errors) == 1:
+                failure = errors[0]
+            elif errors:
+                failure = PluginError(
+                    f"every installed {self._kind} plugin {name!r} is broken: " + "; ".join(map(str, errors)),
+                    plugin=name, missing_module=errors[0].missing_module,
+                )
+                failure.__cause__ = errors[0]
             if fallback is not None:
                 # A built-in failing to load is a bug in this package: let it raise.
                 builder = self._instantiate(name, EntryPoint(name, fallback, self._group))
                 self._fallback_used.add(name)
-            for e in errors:
+            if failure is not None:
                 using = f"; using the built-in {fallback}" if fallback is not None else ""
-                log.error("skipping a broken plugin: %s%s", e, using)
+                log.error("skipping a broken plugin: %s%s", failure, using)
+                if builder is None:
+                    self._failed[name] = failure
         if builder is not None:
             self._loaded[name] = builder
-            return builder
-        if errors:
-            self._failed[name] = errors[0] if len(errors) == 1 else PluginError(
-                f"every installed {self._kind} plugin {name!r} is broken: " + "; ".join(map(str, errors)),
-                plugin=name, missing_module=errors[0].missing_module,
-            )
-        return None
+        return builder
 
     # -- queries ----------------------------------------------------------------------
 

@@ -181,12 +181,18 @@ def test_two_working_plugins_the_first_found_wins_and_the_clash_is_logged(
                               "using first-plugin 1.0 (first_plugin:FixedBuilder)"), message
 
 
-def test_every_broken_plugin_of_one_name_is_named(plugin_env: PluginEnv) -> None:
+def test_every_broken_plugin_of_one_name_is_named_and_logged_once(plugin_env: PluginEnv,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     plugin_env.install("bad-one", modules={"bad_one": MISSING_DEP}, resolvers={"twice": "bad_one:B"})
     plugin_env.install("bad-two", modules={"bad_two": BROKEN}, resolvers={"twice": "bad_two:B"})
-    with pytest.raises(PluginError, match="every installed resolver plugin 'twice' is broken") as info:
-        discovery.get_resolver("twice")
+    with caplog.at_level(logging.ERROR, logger="discovery.registry"):
+        for _ in range(2):
+            with pytest.raises(PluginError, match="every installed resolver plugin 'twice' is broken") as info:
+                discovery.get_resolver("twice")
     assert info.match("bad-one 1.0") and info.match("bad-two 1.0") and info.match("broken on purpose")
+    assert info.value.missing_module == "module_that_is_not_installed_anywhere"
+    (message,) = clash_records(caplog, "twice")
+    assert "bad-one 1.0" in message and "bad-two 1.0" in message
 
 
 def test_register_in_code_wins_and_unregister_restores_the_installed_plugin(plugin_env: PluginEnv) -> None:
