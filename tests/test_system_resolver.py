@@ -293,3 +293,16 @@ def test_bad_targets(target: str, message: str) -> None:
 
 def test_default_authority_is_the_endpoint() -> None:
     assert SystemResolverBuilder().default_authority(parse_target("dns:///localhost:50051")) == "localhost:50051"
+
+
+def test_credentials_in_the_authority_are_not_echoed() -> None:
+    with pytest.raises(TargetError) as info:
+        SystemResolverBuilder().check(parse_target("dns://user:s3cret@127.0.0.1/orders:1"), ResolverOptions())
+    assert "s3cret" not in str(info.value) and "user" not in str(info.value)
+    assert info.match(r"'dns://127.0.0.1/orders:1': querying a specific DNS server \('127.0.0.1'\)")
+
+
+@pytest.mark.parametrize("endpoint", ["orders\n.test:1", "orders.test\n:1", "\ud800:80", "a_b.-c:1"])
+def test_host_names_are_checked_whole(endpoint: str) -> None:
+    with pytest.raises(TargetError):
+        SystemResolverBuilder().check(parse_target("dns:///" + endpoint), ResolverOptions())

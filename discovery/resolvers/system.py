@@ -35,6 +35,7 @@ from ..address import Address, ResolverState
 from ..clock import Backoff
 from ..durations import parse_duration
 from ..errors import ConfigError, ResolverError, TargetError
+from ..registry import install_hint
 from ..resolver import PollingResolver, Resolver, ResolverBuilder, ResolverListener, ResolverOptions
 from ..target import Target, parse_host_port
 from .static import StaticResolver
@@ -67,7 +68,7 @@ _NOT_FOUND = {socket.EAI_NONAME} | ({socket.EAI_NODATA} if hasattr(socket, "EAI_
 
 # A DNS label (RFC 1123) plus the underscore, which hosts files and service
 # names use in practice.
-_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 GetAddrInfo = Callable[..., list[tuple[Any, ...]]]
 
@@ -92,11 +93,15 @@ class SystemConfig:
     interval: float = DEFAULT_INTERVAL
 
 
-def _dns_plugin_needed(target: Target, what: str) -> TargetError:
-    from ..registry import install_hint
+def _shown(target: Target) -> str:
+    """The target for a message, without any ``user:password@`` in its authority."""
+    authority = target.authority.rpartition("@")[2]
+    return f"{target.scheme}://{authority}/{target.endpoint}"
 
+
+def _dns_plugin_needed(target: Target, what: str) -> TargetError:
     return TargetError(
-        f"target {str(target)!r}: {what} needs the DNS plugin: {install_hint('dns')}. "
+        f"target {_shown(target)!r}: {what} needs the DNS plugin: {install_hint('dns')}. "
         "Without it, dns: targets are resolved by the operating system (hosts file, then the "
         "DNS servers of resolv.conf)"
     )
@@ -105,14 +110,15 @@ def _dns_plugin_needed(target: Target, what: str) -> TargetError:
 def parse_target(target: Target) -> SystemTarget:
     """Validate a ``dns:`` target for the system resolver; TargetError says what is wrong."""
     if target.authority:
-        raise _dns_plugin_needed(target, f"querying a specific DNS server ({target.authority!r})")
+        server = target.authority.rpartition("@")[2]
+        raise _dns_plugin_needed(target, f"querying a specific DNS server ({server!r})")
     if target.query:
-        raise TargetError(f"target {str(target)!r}: the system resolver takes no query parameters "
+        raise TargetError(f"target {_shown(target)!r}: the system resolver takes no query parameters "
                           f"(got {target.query!r})")
     try:
         host, port = parse_host_port(target.endpoint, DEFAULT_PORT)
     except TargetError as exc:
-        raise TargetError(f"target {str(target)!r}: {exc}") from exc
+        raise TargetError(f"target {_shown(target)!r}: {exc}") from exc
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -122,11 +128,11 @@ def parse_target(target: Target) -> SystemTarget:
     try:
         ascii_host = host.encode("idna").decode("ascii")
     except UnicodeError as exc:
-        raise TargetError(f"target {str(target)!r}: {host!r} is not a valid host name ({exc})") from exc
+        raise TargetError(f"target {_shown(target)!r}: {host!r} is not a valid host name ({exc})") from exc
     name = ascii_host[:-1] if ascii_host.endswith(".") else ascii_host
-    if not name or len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise TargetError(
-            f"target {str(target)!r}: {host!r} is not a valid host name or IP address "
+            f"target {_shown(target)!r}: {host!r} is not a valid host name or IP address "
             "(IPv6 addresses with a port go in brackets: [::1]:50051)"
         )
     return SystemTarget(host, port, literal=False)
@@ -136,8 +142,6 @@ def parse_config(config: Mapping[str, Any]) -> SystemConfig:
     """Validate the resolver options; ConfigError names the key."""
     unknown = sorted(str(k) for k in config if k not in KEYS)
     if unknown:
-        from ..registry import install_hint
-
         raise ConfigError(
             f"unknown key(s) {unknown} for the system resolver; expected: {', '.join(KEYS)}. "
             f"DNS server, SRV and TTL options need the DNS plugin: {install_hint('dns')}",
