@@ -32,11 +32,11 @@ from .errors import (
 from .registry import (
     get_balancer,
     get_resolver,
-    has_resolver,
     register_balancer,
     register_resolver,
     registered_balancers,
     registered_resolvers,
+    resolve_target,
     unregister_balancer,
     unregister_resolver,
 )
@@ -88,19 +88,8 @@ __version__ = "0.1.0"
 ChannelOptions = Sequence[tuple[str, Any]] | None
 
 
-def _resolve_target(target: str) -> Target:
-    """Parse ``target``; a bare ``host:port`` gets gRPC's default scheme, ``dns``."""
-    try:
-        t = parse_target(target)
-    except TargetError:
-        if "://" in target:
-            raise
-        return parse_target("dns:///" + target)
-    if "://" not in target and not has_resolver(t.scheme):
-        # "localhost:50051" parses as scheme "localhost"; gRPC falls back to
-        # its default scheme in that case, and so do we.
-        return parse_target("dns:///" + target)
-    return t
+# Kept for callers of the old private name.
+_resolve_target = resolve_target
 
 
 def _open(
@@ -117,7 +106,7 @@ def _open(
     # Validate everything before anything starts: a bad argument must not
     # leave a half-built channel or a running resolver behind.
     sc = service_config if isinstance(service_config, ServiceConfig) else parse_service_config(service_config)
-    t = _resolve_target(target)
+    t = resolve_target(target)
     resolver_builder = get_resolver(t.scheme)
     balancer_builder = get_balancer(sc.policy)
     settings = settings or ChannelSettings()
