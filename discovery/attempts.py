@@ -135,6 +135,14 @@ class Attempts:
         self.transparent = 0
         self.max_transparent = max_transparent
 
+    def no_replay(self) -> Attempts:
+        """For a call with a request stream, which is never replayed: no retry or hedging
+        policy applies (so it takes no part in retry throttling either); only a transparent
+        re-pick before the call starts (its backend closed under it) remains."""
+        self.retry = self.hedging = None
+        self.throttle = None
+        return self
+
     def remaining(self, now: float | None = None) -> float | None:
         """Seconds left before the deadline (never negative), or None without one."""
         if self.deadline is None:

@@ -229,8 +229,13 @@ def parse_service_config(value: Mapping[str, Any] | str | None, *, source: str |
     # Retries are this library's job (each attempt on another backend), so
     # backend channels get the method configs without retry or hedging
     # policies, and no retry throttling: grpcio would otherwise retry on the
-    # same backend underneath.
-    per_backend = [{k: v for k, v in _thawed(_frozen(m)).items() if k not in ("retryPolicy", "hedgingPolicy")}
+    # same backend underneath. ``timeout`` and ``waitForReady`` are applied
+    # by the channel too (discovery.attempts): grpcio's own service-config
+    # timeout fires about 1.6 s early, so anything under 2 s failed at once
+    # (grpc/grpc#34547), and waitForReady on one backend would hold an RPC
+    # that another backend could serve.
+    per_backend = [{k: v for k, v in _thawed(_frozen(m)).items()
+                    if k not in ("retryPolicy", "hedgingPolicy", "timeout", "waitForReady")}
                    for m in method_config]
     if any(set(m) - {"name"} for m in per_backend):
         backend["methodConfig"] = per_backend

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import socket
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
@@ -11,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from callshapes import Clients
 
 import discovery
 from discovery import registry
@@ -115,3 +117,21 @@ def core_only(plugin_env: PluginEnv) -> PluginEnv:
     """The core without any resolver plugin for ``dns``, consul or kubernetes (as after ``pip install .``)."""
     plugin_env.hide("dns", "consul", "kubernetes", "k8s")
     return plugin_env
+
+
+@pytest.fixture
+def clients() -> Iterator[Clients]:
+    """``clients(shape, target, **kw)``: a discovery channel (sync, or asyncio for ``aio_*`` shapes)
+    that runs any call shape from the test's thread (see tests/callshapes.py); all closed at teardown."""
+    made = Clients()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound, never listening, held for the whole test."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()

@@ -39,7 +39,9 @@ def test_grpc_users_json_is_accepted_and_passed_to_backends() -> None:
     assert sc.health_service_name == "ecommerce.v1.OrderService"
     backend = json.loads(sc.backend_json)
     assert backend["healthCheckConfig"] == {"serviceName": "ecommerce.v1.OrderService"}
-    assert backend["methodConfig"][0]["timeout"] == "1.5s"
+    # The channel applies timeout, waitForReady and retries itself; the backend channel gets
+    # only what acts per connection (grpcio's service-config timeout is off by ~1.6 s, grpc/grpc#34547).
+    assert "methodConfig" not in backend
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,11 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
     def __init__(self, ctx: _Ctx, replayable: bool) -> None:
         self._ctx = ctx
         self._replayable = replayable
+        if not replayable:
+            # A request stream is never replayed: hedging it would hand one iterator to
+            # several attempts (each getting part of the messages), retrying it would
+            # resend a partly consumed one.
+            ctx.att.no_replay()
         self._call: Any = None  # the current (at the end: the deciding) attempt
         self._error: grpc.aio.AioRpcError | None = None
         self._response: Any = None
@@ -372,6 +377,8 @@ class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCal
     def __init__(self, ctx: _Ctx, replayable: bool) -> None:
         self._ctx = ctx
         self._replayable = replayable
+        if not replayable:
+            ctx.att.no_replay()  # as in AioUnaryCall
         self._call: Any = None
         self._committed = not replayable
         self._ready: asyncio.Future[Any] | None = None

@@ -39,8 +39,9 @@ def wait_for_ready_of(wait_for_ready: bool | None, mc: MethodConfig | None) -> b
 
 
 def _new_attempts(core: ChannelCore, mc: MethodConfig | None, deadline: float | None,
-                  wfr: bool | None) -> Attempts:
-    return Attempts(mc, core.throttle, deadline, wfr, len(core.manager.backends) + 1)
+                  wfr: bool | None, replayable: bool) -> Attempts:
+    att = Attempts(mc, core.throttle, deadline, wfr, len(core.manager.backends) + 1)
+    return att if replayable else att.no_replay()
 
 
 def _pick(core: ChannelCore, method: str, metadata: Metadata | None, att: Attempts | None,
@@ -60,13 +61,15 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
     grpc's ``__call__`` (or ``with_call``) would; raises its :class:`grpc.RpcError`."""
     deadline = effective_deadline(timeout, mc, time.monotonic()) if (timeout is not None or mc is not None) else None
     wfr = wait_for_ready_of(wait_for_ready, mc)
-    att = None if mc is None or (mc.retry is None and mc.timeout is None) else _new_attempts(core, mc, deadline, wfr)
+    att = None
+    if mc is not None and (mc.retry is not None or mc.timeout is not None):
+        att = _new_attempts(core, mc, deadline, wfr, replayable)
     while True:
         pr = _pick(core, method, metadata, att, deadline, wfr)
         b = pr.subconn.backend
         if not b.begin():
             # Closed under us by an address-set change: never sent, re-pick.
-            att = att or _new_attempts(core, mc, deadline, wfr)
+            att = att or _new_attempts(core, mc, deadline, wfr, replayable)
             att.tried.append(b)
             if att.after_failure(_UNAVAILABLE, None, refused=True) is None:
                 raise LocalRpcError(_UNAVAILABLE, core.explain(core.picker))
@@ -94,7 +97,7 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
             if not replayable:
                 # A request iterator may be partly consumed already: never replayed.
                 raise
-            att = att or _new_attempts(core, mc, deadline, wfr)
+            att = att or _new_attempts(core, mc, deadline, wfr, replayable)
             att.tried.append(b)
             delay = att.after_failure(code, details, trailing)
             if delay is None:
@@ -115,7 +118,7 @@ def start_stream(core: ChannelCore, key: CallableKey, method: str, request: Any,
     (transparent re-pick, or ``retryPolicy``) until the first response message."""
     deadline = effective_deadline(timeout, mc, time.monotonic())
     wfr = wait_for_ready_of(wait_for_ready, mc)
-    att = _new_attempts(core, mc, deadline, wfr)
+    att = _new_attempts(core, mc, deadline, wfr, replayable)
     try:
         call = _start_one(core, key, method, request, metadata, credentials, compression, att, deadline, wfr)
     except LocalRpcError as exc:

@@ -11,8 +11,16 @@ Methods (all under ``/discovery.testing.Echo/``):
 - ``ServerStream``: the request is a decimal count; streams that many replies,
   each waiting on :attr:`BackendServer.gate` first (set by default, so a test
   can hold a stream open by clearing it).
-- ``ClientStream``: returns ``name:count`` of the requests received.
-- ``Bidi``: answers each request with ``name:request``.
+- ``ClientStream``: returns ``name:count`` of the requests received (after
+  ``unary_gate``, like ``Unary``).
+- ``Bidi``: answers each request with ``name:request`` (each after ``gate``).
+
+Knobs for failure and latency tests, all settable while the server runs:
+``fail_with`` (every echo RPC fails with that code), :meth:`BackendServer.fail_next`
+(the next N fail), ``delay`` (seconds before the first response; a call the
+client cancels or lets time out meanwhile ends at once and is counted in
+``cancelled``), ``trailing_metadata`` (sent with every echo status) and
+``pushback_ms`` (gRFC A6's ``grpc-retry-pushback-ms`` trailer on failures).
 """
 
 from __future__ import annotations
@@ -40,8 +48,10 @@ class BackendServer:
     """A grpc server on ``host:port`` (port 0 picks one) with echo and health services.
 
     ``fail_with`` makes every echo RPC fail with that status code; ``calls``
-    counts echo RPCs by method. :meth:`stop` and :meth:`start` can be repeated;
-    a restart binds the same port. Thread-safe.
+    counts echo RPCs by method; ``active`` counts echo RPCs being handled;
+    ``cancelled`` counts those the client abandoned (cancelled, or deadline
+    passed) while a gate or ``delay`` held them. :meth:`stop` and
+    :meth:`start` can be repeated; a restart binds the same port. Thread-safe.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
@@ -52,6 +62,14 @@ class BackendServer:
         self._name = name
         self.max_workers = max_workers
         self.fail_with: grpc.StatusCode | None = None
+        self._fail_next: list[grpc.StatusCode] = []
+        # Seconds every echo RPC waits before its first response.
+        self.delay = 0.0
+        # Sent as trailing metadata with every echo RPC's status.
+        self.trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+        # Sent as the grpc-retry-pushback-ms trailer with every failure (any string, to test bad values).
+        self.pushback_ms: int | str | None = None
+        self.cancelled = 0
         self.with_health = with_health
         self.credentials = credentials
         self.last_metadata: tuple[tuple[str, Any], ...] = ()
@@ -82,49 +100,99 @@ class BackendServer:
         with self._lock:
             return sum(self.calls.values())
 
+    def fail_next(self, code: grpc.StatusCode, n: int = 1) -> None:
+        """Fail the next ``n`` echo RPCs with ``code`` (before ``fail_with`` applies)."""
+        with self._lock:
+            self._fail_next.extend([code] * n)
+
     def _count(self, method: str, context: grpc.ServicerContext) -> None:
         with self._lock:
             self.calls[method] += 1
             self.last_metadata = tuple(context.invocation_metadata())
-        if self.fail_with is not None:
-            context.abort(self.fail_with, f"{self.name} fails every RPC with {self.fail_with.name}")
+            code = self._fail_next.pop(0) if self._fail_next else self.fail_with
+        trailing = self.trailing_metadata
+        if code is not None and self.pushback_ms is not None:
+            trailing = (*trailing, ("grpc-retry-pushback-ms", str(self.pushback_ms)))
+        if trailing:
+            context.set_trailing_metadata(trailing)
+        if code is not None:
+            context.abort(code, f"{self.name} fails this RPC with {code.name}")
+
+    def _abandoned(self) -> bool:
+        with self._lock:
+            self.cancelled += 1
+        return True
+
+    def _held(self, gate: threading.Event, context: grpc.ServicerContext) -> bool:
+        """Wait for ``gate``; True if the client went away meanwhile."""
+        while not gate.wait(0.05):
+            if not context.is_active():
+                return self._abandoned()
+        return False
+
+    def _delayed(self, context: grpc.ServicerContext) -> bool:
+        """Wait ``delay`` seconds; True if the client went away meanwhile."""
+        delay = self.delay
+        if delay <= 0:
+            return False
+        ended = threading.Event()
+        # The callback runs when the RPC terminates: while we hold it, only a
+        # cancellation or the client's deadline can do that.
+        if not context.add_callback(ended.set) or ended.wait(delay):
+            return self._abandoned()
+        return False
+
+    def _enter(self, method: str, context: grpc.ServicerContext) -> None:
+        self._count(method, context)
+        with self._lock:
+            self.active += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.active -= 1
 
     def _unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        self._count("Unary", context)
-        with self._lock:
-            self.active += 1
+        self._enter("Unary", context)
         try:
-            while not self.unary_gate.wait(0.05):
-                if not context.is_active():
-                    break
+            if not self._delayed(context):
+                self._held(self.unary_gate, context)
             return self.name.encode()
         finally:
-            with self._lock:
-                self.active -= 1
+            self._leave()
 
     def _server_stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        self._count("ServerStream", context)
-        with self._lock:
-            self.active += 1
+        self._enter("ServerStream", context)
         try:
+            if self._delayed(context):
+                return
             for _ in range(int(request or b"1")):
-                while not self.gate.wait(0.05):
-                    if not context.is_active():
-                        return
+                if self._held(self.gate, context):
+                    return
                 yield self.name.encode()
         finally:
-            with self._lock:
-                self.active -= 1
+            self._leave()
 
     def _client_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        self._count("ClientStream", context)
-        n = sum(1 for _ in requests)
-        return f"{self.name}:{n}".encode()
+        self._enter("ClientStream", context)
+        try:
+            n = sum(1 for _ in requests)
+            if not self._delayed(context):
+                self._held(self.unary_gate, context)
+            return f"{self.name}:{n}".encode()
+        finally:
+            self._leave()
 
     def _bidi(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        self._count("Bidi", context)
-        for r in requests:
-            yield self.name.encode() + b":" + r
+        self._enter("Bidi", context)
+        try:
+            if self._delayed(context):
+                return
+            for r in requests:
+                if self._held(self.gate, context):
+                    return
+                yield self.name.encode() + b":" + r
+        finally:
+            self._leave()
 
     def start(self) -> BackendServer:
         """Start (or restart on the same port). Returns self."""
