@@ -11,7 +11,7 @@ import discovery
 from discovery.balancer import Balancer, BalancerBuilder, BalancerHelper, Metadata, Picker, PickResult, SubConn
 from discovery.balancer.base import BaseBalancer
 
-__all__ = ["InOrderBuilder", "registered"]
+__all__ = ["InOrderBuilder", "StutterBuilder", "registered"]
 
 
 class _InOrderPicker(Picker):
@@ -36,8 +36,26 @@ class InOrderBuilder(BalancerBuilder):
     def build(self, helper: BalancerHelper, config: Any) -> Balancer:
         # Rebuilt only when some backend changes state; a test makes its RPC after the
         # backends settled, so its first pick is the first address.
-        return BaseBalancer(helper, lambda info: _InOrderPicker(info.subconns) if info.subconns else None,
-                            connect_all=True)
+        return BaseBalancer(helper, lambda info: _InOrderPicker(info.subconns) if info.subconns else None)
+
+
+class _StutterPicker(_InOrderPicker):
+    """Resolver order, each backend twice in a row (a, a, b, b, ...): a second pick that
+    must avoid the first backend gets it again, unless the channel asks once more."""
+
+    __slots__ = ()
+
+    def pick(self, method: str, metadata: Metadata | None) -> PickResult | None:
+        return self._results[next(self._next) // 2 % len(self._results)]
+
+
+class StutterBuilder(BalancerBuilder):
+    """``stutter``: like ``in_order``, but each backend comes twice in a row."""
+
+    name: ClassVar[str] = "stutter"
+
+    def build(self, helper: BalancerHelper, config: Any) -> Balancer:
+        return BaseBalancer(helper, lambda info: _StutterPicker(info.subconns) if info.subconns else None)
 
 
 @contextmanager

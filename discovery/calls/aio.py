@@ -205,19 +205,23 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         async def one(call: Any) -> Any:
             return await call
 
-        async def launch() -> bool:
+        async def launch() -> None:
             nonlocal started
             pr = ctx.pick_now()
             if pr is None:
-                if started:
-                    return False  # nothing else to try now; the running ones go on
+                if attempts:
+                    return  # nothing else to try now; the running ones go on
+                # Nothing in flight: wait for a backend as a first attempt would
+                # (or fail fast), rather than spin until the deadline.
                 pr = await ctx.pick()
             call = ctx.start(pr)
             if call is None:
-                return False
+                # Its backend closed under us: never sent, a bounded transparent re-pick.
+                if att.after_failure(_UNAVAILABLE, None, refused=True) is None:
+                    raise aio_error(LocalRpcError(_UNAVAILABLE, ctx.core.explain(ctx.core.picker)))
+                return
             started += 1
             attempts[asyncio.ensure_future(one(call))] = call
-            return True
 
         if self._call is not None:
             started = 1
@@ -225,18 +229,27 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         else:
             await launch()
         next_at = time.monotonic() + delay
+        # A server's pushback (gRFC A6): no hedge before this time, even with nothing in flight.
+        not_before = 0.0
         try:
             while True:
-                if not attempts and not att.may_hedge(started):
+                may_hedge = att.may_hedge(started)
+                if not attempts and not may_hedge:
                     if last_error is not None:
                         raise last_error
                     raise aio_error(LocalRpcError(_UNAVAILABLE, ctx.core.explain(ctx.core.picker)))
+                now_ = time.monotonic()
                 if not attempts:
-                    next_at = time.monotonic()
-                wait = max(0.0, next_at - time.monotonic()) if att.may_hedge(started) else att.remaining()
+                    next_at = max(now_, not_before)  # nothing in flight: the next hedge goes now
+                wait = max(0.0, next_at - now_) if may_hedge else att.remaining()
+                left = att.remaining()
+                if wait is not None and left is not None:
+                    wait = min(wait, left)
                 done: set[asyncio.Future[Any]] = set()
                 if attempts:
                     done, _ = await asyncio.wait(list(attempts), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                elif wait:
+                    await asyncio.sleep(wait)
                 if not done:
                     if att.may_hedge(started) and time.monotonic() >= next_at:
                         await launch()
@@ -265,7 +278,7 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
                         if pushback < 0:
                             att.hedging = None  # the server asked for no more hedges
                         else:
-                            next_at = time.monotonic() + pushback
+                            not_before = next_at = time.monotonic() + pushback
         finally:
             for t, call in attempts.items():
                 call.cancel()

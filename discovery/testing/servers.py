@@ -13,7 +13,8 @@ Methods (all under ``/discovery.testing.Echo/``):
   can hold a stream open by clearing it).
 - ``ClientStream``: returns ``name:count`` of the requests received (after
   ``unary_gate``, like ``Unary``).
-- ``Bidi``: answers each request with ``name:request`` (each after ``gate``).
+- ``Bidi``: answers each request with ``name:request`` at once (a test holds
+  it open from its request iterator).
 
 Knobs for failure and latency tests, all settable while the server runs:
 ``fail_with`` (every echo RPC fails with that code), :meth:`BackendServer.fail_next`
@@ -183,16 +184,13 @@ class BackendServer:
             self._leave()
 
     def _bidi(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        self._enter("Bidi", context)
-        try:
-            if self._delayed(context):
-                return
-            for r in requests:
-                if self._held(self.gate, context):
-                    return
-                yield self.name.encode() + b":" + r
-        finally:
-            self._leave()
+        # Not gated and not counted in ``active``: a test holds a bidi call open
+        # from its own request iterator.
+        self._count("Bidi", context)
+        if self._delayed(context):
+            return
+        for r in requests:
+            yield self.name.encode() + b":" + r
 
     def start(self) -> BackendServer:
         """Start (or restart on the same port). Returns self."""
