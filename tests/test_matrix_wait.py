@@ -19,7 +19,7 @@ DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 
 def _parked(core) -> bool:  # type: ignore[no-untyped-def]
     """An RPC is waiting in the channel for a picker (blocking or asyncio)."""
-    return bool(core._async_waiters or core.cond._waiters)  # noqa: SLF001
+    return bool(core._async_waiters or core.cond._waiters)
 
 
 @pytest.mark.parametrize("source", ["call", "methodConfig"])

@@ -129,6 +129,10 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
     RPC. Use it from its own event loop.
     """
 
+    # grpc.aio's intercepted write() reads this off the call its interceptors
+    # returned; under interceptors the call always gets a request iterator.
+    _done_writing_flag = False
+
     def __init__(self, ctx: _Ctx, replayable: bool) -> None:
         self._ctx = ctx
         self._replayable = replayable
@@ -386,6 +390,8 @@ class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCal
     the stream is committed to its backend. A request stream is never
     replayed.
     """
+
+    _done_writing_flag = False  # as AioUnaryCall
 
     def __init__(self, ctx: _Ctx, replayable: bool) -> None:
         self._ctx = ctx
