@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 from grpc import _common
 
-__all__ = ["aio_state_reader", "state_reader"]
+__all__ = ["AIO_WRITE_RACE_DETAILS", "aio_state_reader", "aio_status_now", "state_reader"]
 
 _TO_CONNECTIVITY = _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
 
@@ -46,3 +46,26 @@ def aio_state_reader(channel: grpc.aio.Channel) -> Callable[[bool], grpc.Channel
     Safe from any thread: it is one C-core call, which is thread-safe.
     """
     return channel.get_state
+
+
+# grpc.aio (seen with 1.85) can end a request-streaming call twice when the
+# server ends it while a request message is being written: the failed write
+# records INTERNAL with this text (``set_internal_error``) and the server's
+# status arrives on its own; the later of the two overwrites the earlier, and
+# done-callbacks run on the first. So a done-callback may see this INTERNAL
+# before the real status, and the caller may see it after the real status
+# (a bidi call the server failed with UNAVAILABLE then reads INTERNAL).
+AIO_WRITE_RACE_DETAILS = "Internal error from Core"
+
+
+def aio_status_now(call: object) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]] | None:
+    """The status a grpc.aio call holds at this moment (None if none yet), read without awaiting.
+
+    Its getters (``code()``...) cannot tell a status the write race is about to
+    replace; this reads what the call object stores.
+    """
+    status = getattr(getattr(call, "_cython_call", None), "_status", None)
+    if status is None:
+        return None
+    return (_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE[status.code()], status.details(),
+            tuple(status.trailing_metadata() or ()))

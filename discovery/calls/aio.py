@@ -24,6 +24,7 @@ import grpc.aio
 from grpc.aio import EOF  # type: ignore[attr-defined]  # in grpc.aio, not in its stubs
 
 from .._calls import LocalRpcError
+from .._grpc_compat import AIO_WRITE_RACE_DETAILS, aio_status_now
 from ..attempts import Attempts, effective_deadline
 from ..balancer import Metadata, PickResult
 from ..methodconfig import MethodConfig
@@ -40,6 +41,11 @@ __all__ = ["AioStreamCall", "AioUnaryCall", "aio_error", "now"]
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_INTERNAL = grpc.StatusCode.INTERNAL
+# Checks of the write race (discovery._grpc_compat): every millisecond, for at most 2 s.
+_RACE_CHECKS = 2000
+
+Status = tuple[grpc.StatusCode, str | None, Any]
 
 TwinOf = Callable[["Backend"], "AioTwin"]
 
@@ -63,8 +69,8 @@ def aio_error(exc: LocalRpcError) -> grpc.aio.AioRpcError:
 class _Ctx:
     """What every attempt of one call shares."""
 
-    __slots__ = ("arg", "att", "compression", "core", "credentials", "deadline", "key", "metadata", "method",
-                 "twin_of", "wfr")
+    __slots__ = ("arg", "att", "compression", "core", "credentials", "deadline", "ended", "key", "metadata",
+                 "method", "twin_of", "wfr")
 
     def __init__(self, core: ChannelCore, key: CallableKey, method: str, arg: Any, timeout: float | None,
                  metadata: Metadata | None, credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
@@ -80,6 +86,8 @@ class _Ctx:
         self.deadline = effective_deadline(timeout, mc, time.monotonic())
         self.wfr = wait_for_ready_of(wait_for_ready, mc)
         self.att = Attempts(mc, core.throttle, self.deadline, self.wfr, len(core.manager.backends) + 1)
+        # How each attempt of a request-streaming call ended, as its books saw it (by id of the call).
+        self.ended: dict[int, Status] = {}
 
     def pick_now(self) -> PickResult | None:
         if self.core.closed:
@@ -107,6 +115,20 @@ class _Ctx:
             b.end()
             raise
         core = self.core
+        request_stream = self.key[0] in ("stream_unary", "stream_stream")
+        loop = asyncio.get_running_loop()
+
+        def close(c: Any, code: grpc.StatusCode, details: str | None, trailing: Any) -> None:
+            if request_stream:
+                self.ended[id(c)] = (code, details, trailing)
+            end_attempt(core, pr, t0, code, details, trailing)
+
+        def after_write_race(c: Any, checks: int) -> None:
+            status = aio_status_now(c)
+            if (status is not None and status[1] != AIO_WRITE_RACE_DETAILS) or checks >= _RACE_CHECKS:
+                close(c, *(status or (_INTERNAL, AIO_WRITE_RACE_DETAILS, ())))
+            else:
+                loop.call_later(0.001, after_write_race, c, checks + 1)
 
         def books(c: Any) -> None:
             # The call is done, so its getters finish without suspending.
@@ -114,11 +136,32 @@ class _Ctx:
                 end_attempt(core, pr, t0, _CANCELLED, "cancelled")
                 return
             code = now(c.code())
+            details = None if code is _OK else now(c.details())
+            if request_stream and code is _INTERNAL and details == AIO_WRITE_RACE_DETAILS:
+                # grpc.aio's failed write ended the call early: the server's status is on its way.
+                after_write_race(c, 0)
+                return
             trailing = now(c.trailing_metadata()) if (code is not _OK or pr.done is not None) else ()
-            end_attempt(core, pr, t0, code, None if code is _OK else now(c.details()), trailing)
+            close(c, code, details, trailing)
 
         call.add_done_callback(books)
         return call
+
+    def real_error(self, call: Any, exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
+        """``exc`` from an attempt of a request-streaming call, unless it is grpc.aio's write-race
+        INTERNAL that overwrote the server's status (discovery._grpc_compat): then that status."""
+        real = self.real_status(call, exc.code(), exc.details())
+        if real is None:
+            return exc
+        code, details, trailing = real
+        return grpc.aio.AioRpcError(code, exc.initial_metadata(), grpc.aio.Metadata(*trailing), details, None)
+
+    def real_status(self, call: Any, code: grpc.StatusCode, details: str | None) -> Status | None:
+        """The status the books saw for ``call``, if what the call says now is the write race's."""
+        if code is not _INTERNAL or details != AIO_WRITE_RACE_DETAILS:
+            return None
+        real = self.ended.get(id(call))
+        return None if real is None or real[1] == AIO_WRITE_RACE_DETAILS else real
 
 
 class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[Any, Any]):
@@ -441,9 +484,10 @@ class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCal
             try:
                 msg = await call.read()
             except grpc.aio.AioRpcError as exc:
+                exc = self._ctx.real_error(call, exc)
                 if await self._restart_after(exc):
                     continue
-                raise
+                raise exc from None
             if msg is EOF and not self._committed:
                 code = await call.code()
                 if code is not _OK:
@@ -484,6 +528,11 @@ class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCal
             return getattr(exc, name)()
         except asyncio.CancelledError:
             return {"code": _CANCELLED, "details": "Locally cancelled by application!"}.get(name)
+        if name != "initial_metadata":
+            real = self._ctx.real_status(call, await call.code(), await call.details())
+            if real is not None:  # grpc.aio's write race overwrote the server's status
+                code, details, trailing = real
+                return {"code": code, "details": details, "trailing_metadata": grpc.aio.Metadata(*trailing)}[name]
         return await getattr(call, name)()
 
     async def initial_metadata(self) -> Any:

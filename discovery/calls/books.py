@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -31,7 +30,9 @@ def metadata_tuple(md: Any) -> tuple[tuple[str, str | bytes], ...]:
     """Trailing metadata from grpcio (a tuple, a grpc.aio.Metadata, or None) as a tuple of pairs."""
     if not md:
         return ()
-    return tuple((k, v) for k, v in (md if isinstance(md, Sequence) else md.items()))
+    # Both iterate as (key, value) pairs; a grpc.aio.Metadata's items() would give
+    # (key, [values]) instead, and merge repeated keys.
+    return tuple((k, v) for k, v in md)
 
 
 def end_attempt(core: ChannelCore, pr: PickResult, t0: float, code: grpc.StatusCode, details: str | None,
