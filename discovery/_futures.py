@@ -43,7 +43,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-__all__ = ["AioTwin", "BridgedFuture", "FutureLoop", "future_on_loop", "shared_loop"]
+__all__ = ["AioTwin", "BridgedFuture", "FutureLoop", "future_on_loop", "requests_off_loop", "shared_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +181,13 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
         "_event",
         "_lock",
         "_loop",
+        "_requests",
         "_response",
     )
 
-    def __init__(self, loop: FutureLoop, timeout: float | None) -> None:
+    def __init__(self, loop: FutureLoop, timeout: float | None, requests: _RequestsOffLoop | None = None) -> None:
         self._loop = loop
+        self._requests = requests
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._lock = threading.Lock()
         self._done = False
@@ -226,6 +228,12 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
             self._finish(None, exc.code(), exc.details(), exc)
             return
         except asyncio.CancelledError:
+            requests = self._requests
+            if requests is not None and requests.error is not None and not self._cancel_requested:
+                # grpc.aio cancels a call whose request iterator raised; grpcio's own
+                # future fails it with UNKNOWN, and so does this one.
+                self._finish(None, grpc.StatusCode.UNKNOWN, "Exception iterating requests!", None)
+                return
             self._finish(None, _CANCELLED, _CANCELLED_DETAILS, None)
             return
         except Exception as exc:
@@ -394,14 +402,66 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
     __str__ = __repr__
 
 
-def future_on_loop(loop: FutureLoop, make: Callable[[], Any], timeout: float | None) -> BridgedFuture:
+# Iterators over values already in memory: next() never blocks, so the loop may call it.
+_IN_MEMORY: tuple[type, ...] = (type(iter([])), type(iter(())), type(iter(range(0))))
+
+
+class _RequestsOffLoop:
+    """A sync request iterator, read for a grpc.aio call on the futures loop without
+    ever blocking that loop: ``next()`` runs on a thread of the call's own, as grpcio's
+    own ``.future()`` reads request iterators (it starts a thread per call too). The
+    next message is asked for only after the last one was written (no read-ahead)."""
+
+    __slots__ = ("_it", "error")
+
+    def __init__(self, it: Any) -> None:
+        self._it = it
+        self.error: BaseException | None = None  # what the iterator raised, if it did
+
+    def __aiter__(self) -> Any:
+        return self._read()
+
+    async def _read(self) -> Any:
+        from concurrent.futures import ThreadPoolExecutor
+
+        loop = asyncio.get_running_loop()
+        end = object()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discovery-requests")
+        try:
+            while True:
+                try:
+                    item = await loop.run_in_executor(pool, next, self._it, end)
+                except Exception as exc:
+                    self.error = exc
+                    log.error("exception iterating requests", exc_info=exc)
+                    raise
+                if item is end:
+                    return
+                yield item
+        finally:
+            # A next() still blocked (the call ended meanwhile) finishes on its thread, as in grpcio.
+            pool.shutdown(wait=False)
+
+
+def requests_off_loop(request_iterator: Any) -> Any:
+    """``request_iterator`` as grpc.aio should read it on the shared futures loop: as is if it
+    cannot block (an iterator over a list, tuple or range, or an async iterator), else
+    read on a thread of its own (a user's generator may wait on anything)."""
+    if isinstance(request_iterator, _IN_MEMORY) or hasattr(request_iterator, "__aiter__"):
+        return request_iterator
+    return _RequestsOffLoop(iter(request_iterator))
+
+
+def future_on_loop(loop: FutureLoop, make: Callable[[], Any], timeout: float | None,
+                   requests: Any = None) -> BridgedFuture:
     """Run the call ``make()`` returns (on ``loop``'s thread) and return its future at once.
 
     ``make`` builds a grpc.aio-style call object (awaitable, with the
     ``grpc.aio.Call`` getters); it runs on the loop thread, so it may pick a
     backend and start grpc.aio calls there. ``timeout`` is only what
     :meth:`BridgedFuture.time_remaining` reports; the call applies its own.
+    ``requests`` is the call's request iterator as :func:`requests_off_loop` made it.
     """
-    fut = BridgedFuture(loop, timeout)
+    fut = BridgedFuture(loop, timeout, requests if isinstance(requests, _RequestsOffLoop) else None)
     loop.submit(fut._run, make)
     return fut

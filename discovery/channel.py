@@ -29,7 +29,7 @@ else:  # the multicallables are generic only in the type stubs
     _SU = grpc.StreamUnaryMultiCallable
     _SS = grpc.StreamStreamMultiCallable
 
-from ._futures import BridgedFuture, future_on_loop, shared_loop
+from ._futures import BridgedFuture, future_on_loop, requests_off_loop, shared_loop
 from .address import Address
 from .backend import Backend, BackendSnapshot, CallableKey
 from .balancer import Balancer, Metadata
@@ -66,13 +66,16 @@ class _MultiCallable:
                 compression: grpc.Compression | None) -> BridgedFuture:
         # Runs on the shared futures loop as grpc.aio calls: see discovery._futures.
         core, key, method, mc, replayable = self._core, self._key, self._method, self._mc, self._replayable
+        if not replayable:
+            # A request iterator that blocks must not stall every future of the process.
+            arg = requests_off_loop(arg)
 
         def make() -> AioUnaryCall:
             ctx = make_ctx(core, key, method, arg, timeout, metadata, credentials, wait_for_ready, compression, mc,
                            _twin)
             return AioUnaryCall(ctx, replayable)
 
-        return future_on_loop(shared_loop(), make, timeout)
+        return future_on_loop(shared_loop(), make, timeout, arg)
 
     def _blocking(self, with_call: bool, arg: Any, timeout: float | None, metadata: Metadata | None,
                   credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,

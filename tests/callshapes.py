@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -166,19 +166,28 @@ class Client:
             result_timeout)
 
     def start(self, shape: str, *, timeout: float | None = 10.0, metadata: Sequence[tuple[str, str]] | None = None,
-              wait_for_ready: bool | None = None) -> futures.Future[Outcome]:
-        """Start one RPC of ``shape``; its :class:`Outcome` arrives on the returned future."""
+              wait_for_ready: bool | None = None, hold: threading.Event | None = None) -> futures.Future[Outcome]:
+        """Start one RPC of ``shape``; its :class:`Outcome` arrives on the returned future.
+
+        ``hold`` keeps a request stream open after its first message until the event is set.
+        """
         if is_aio(shape) != (self.loop is not None):
             raise ValueError(f"shape {shape} on a {'asyncio' if self.loop else 'sync'} channel")
         kw: dict[str, Any] = {"timeout": timeout, "metadata": metadata, "wait_for_ready": wait_for_ready}
         if self.loop is not None:
-            return self.loop.submit(self._aio(shape, kw))
-        return self._pool.submit(self._sync, shape, kw)
+            return self.loop.submit(self._aio(shape, kw, hold))
+        return self._pool.submit(self._sync, shape, kw, hold)
 
-    def _sync(self, shape: str, kw: dict[str, Any]) -> Outcome:
+    def _sync(self, shape: str, kw: dict[str, Any], hold: threading.Event | None = None) -> Outcome:
         s = self.stub
         t0 = time.monotonic()
         trailing: Any = ()
+
+        def requests() -> Iterator[bytes]:
+            yield b"a"
+            if hold is not None:
+                hold.wait(30)
+
         try:
             if shape == "unary":
                 name = _name(s.Unary(b"", **kw), False)
@@ -192,12 +201,12 @@ class Client:
                 it = s.ServerStream(b"1", **kw)
                 name, trailing = _name(list(it)[-1], False), it.trailing_metadata()
             elif shape == "stream_unary":
-                name = _name(s.ClientStream(iter([b"a"]), **kw), True)
+                name = _name(s.ClientStream(requests(), **kw), True)
             elif shape == "stream_unary_future":
-                f = s.ClientStream.future(iter([b"a"]), **kw)
+                f = s.ClientStream.future(requests(), **kw)
                 name, trailing = _name(f.result(), True), f.trailing_metadata()
             elif shape == "stream_stream":
-                it = s.Bidi(iter([b"a"]), **kw)
+                it = s.Bidi(requests(), **kw)
                 name, trailing = _name(list(it)[-1], True), it.trailing_metadata()
             else:
                 raise ValueError(shape)
@@ -206,12 +215,14 @@ class Client:
                            time.monotonic() - t0)
         return Outcome(grpc.StatusCode.OK, name, "", metadata_tuple(trailing), time.monotonic() - t0)
 
-    async def _aio(self, shape: str, kw: dict[str, Any]) -> Outcome:
+    async def _aio(self, shape: str, kw: dict[str, Any], hold: threading.Event | None = None) -> Outcome:
         s = self.stub
         t0 = time.monotonic()
 
         async def one_request() -> AsyncIterator[bytes]:
             yield b"a"
+            if hold is not None:
+                await asyncio.to_thread(hold.wait, 30)
 
         try:
             if shape == "aio_unary":

@@ -158,3 +158,44 @@ def test_futures_are_repicked_when_a_backend_just_died(start_backends) -> None: 
         servers[0].stop()
         got = collections.Counter(stub.Unary.future(b"", timeout=10).result(10) for _ in range(10))
         assert got == {servers[1].name.encode(): 10}
+
+
+def test_a_blocking_request_iterator_does_not_stall_other_futures(start_backends) -> None:  # type: ignore[no-untyped-def]
+    (s,) = start_backends(1)
+    with discovery.insecure_channel(static_target([s])) as ch:
+        stub = EchoStub(ch)
+        stub.Unary.future(b"", timeout=10).result()
+        release = threading.Event()
+
+        def requests():  # type: ignore[no-untyped-def]
+            yield b"a"
+            release.wait(30)
+            yield b"b"
+
+        held = stub.ClientStream.future(requests(), timeout=30)
+        wait_for(lambda: s.calls["ClientStream"] == 1, message="client stream started")
+        # The shared futures loop is free: other futures complete while the iterator blocks.
+        assert stub.Unary.future(b"", timeout=10).result(10) == s.name.encode()
+        assert not held.done()
+        release.set()
+        assert held.result(10) == s.name.encode() + b":2"
+
+
+def test_a_failing_request_iterator_fails_the_future_as_grpcio_does(start_backends) -> None:  # type: ignore[no-untyped-def]
+    import grpc as grpc_
+
+    (s,) = start_backends(1)
+
+    def requests():  # type: ignore[no-untyped-def]
+        yield b"a"
+        raise RuntimeError("the application's iterator failed")
+
+    plain = grpc_.insecure_channel(s.addr)
+    try:
+        expected = EchoStub(plain).ClientStream.future(requests(), timeout=10).exception(10)
+    finally:
+        plain.close()
+    with discovery.insecure_channel(static_target([s])) as ch:
+        got = EchoStub(ch).ClientStream.future(requests(), timeout=10).exception(10)
+    assert (got.code(), got.details()) == (expected.code(), expected.details())
+    assert got.code() is grpc.StatusCode.UNKNOWN
