@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -11,7 +12,7 @@ import discovery
 from discovery.balancer import Balancer, BalancerBuilder, BalancerHelper, Metadata, Picker, PickResult, SubConn
 from discovery.balancer.base import BaseBalancer
 
-__all__ = ["InOrderBuilder", "StutterBuilder", "registered"]
+__all__ = ["InOrderBuilder", "StalePickBuilder", "StutterBuilder", "registered"]
 
 
 class _InOrderPicker(Picker):
@@ -56,6 +57,46 @@ class StutterBuilder(BalancerBuilder):
 
     def build(self, helper: BalancerHelper, config: Any) -> Balancer:
         return BaseBalancer(helper, lambda info: _StutterPicker(info.subconns) if info.subconns else None)
+
+
+class StalePickBuilder(BalancerBuilder):
+    """``stale_pick``: always the last address. After :meth:`arm`, the next pick stops
+    inside ``pick()`` (sets ``entered``, waits for ``release``) and then returns what the
+    picker held: a test removes that backend meanwhile, so the RPC holds a stale pick of
+    a backend that is closed by the time it starts (a picker must never block; this one
+    does so to make the race of issue 9 happen on demand)."""
+
+    name: ClassVar[str] = "stale_pick"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._armed = False
+        self._lock = threading.Lock()
+
+    def arm(self) -> None:
+        with self._lock:
+            self._armed = True
+
+    def _take(self) -> bool:
+        with self._lock:
+            armed, self._armed = self._armed, False
+            return armed
+
+    def build(self, helper: BalancerHelper, config: Any) -> Balancer:
+        owner = self
+
+        class _Picker(Picker):
+            def __init__(self, result: PickResult) -> None:
+                self._result = result
+
+            def pick(self, method: str, metadata: Metadata | None) -> PickResult | None:
+                if owner._take():
+                    owner.entered.set()
+                    owner.release.wait(30)
+                return self._result
+
+        return BaseBalancer(helper, lambda info: _Picker(PickResult(info.ready[-1])) if info.ready else None)
 
 
 @contextmanager
