@@ -16,12 +16,15 @@ Sub-commands (see ``python -m bench --help``):
   32 asyncio tasks awaiting unary calls on one event loop.
 - ``futures``: the integrated future (D) against the other designs of
   :mod:`bench.futures_design` at several N: CPU vs B, thread starts.
+- ``threads``: peak thread count while 200 ``.future()`` calls are in flight
+  (unary, unary with a retry policy, stream-unary), grpcio's native
+  ``round_robin`` channel (B) against discovery (D), side by side.
 - ``micro``: picker, reconcile, hot-path and memory micro-benchmarks.
 - ``report``: render RESULTS.md from the JSON the others wrote.
 
 Modules: :mod:`bench.server` (the backend process) and :mod:`bench.procs`
 (starting/killing it), :mod:`bench.modes` (load shapes), :mod:`bench.variants`
-(the channels compared), :mod:`bench.futures_design` and
+(the channels compared), :mod:`bench.threads` (the threads command), :mod:`bench.futures_design` and
 :mod:`bench.pooled_blocking` (future designs), :mod:`bench.harness` (run,
 futures), :mod:`bench.micro`, :mod:`bench.report`, and
 :mod:`bench.health` (``python -m bench.health``, health checking).

@@ -1,4 +1,4 @@
-"""``python -m bench [run|futures|micro] ...`` — see :mod:`bench` and ``--help``."""
+"""``python -m bench [run|futures|threads|micro] ...`` — see :mod:`bench` and ``--help``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--quick", action="store_true")
     f.add_argument("--json", dest="json_path", default=None)
 
+    t = sub.add_parser("threads", help="peak threads during N concurrent .future() calls: grpcio round_robin vs "
+                                       "discovery (unary, unary with retries, stream-unary)")
+    t.add_argument("--backends", type=int, default=10, help="N backends (default 10)")
+    t.add_argument("--calls", type=int, default=200, help="concurrent futures per case (default 200)")
+    t.add_argument("--hold-ms", type=int, default=100, help="how long the server holds each call (default 100)")
+    t.add_argument("--quick", action="store_true", help="4 backends, 40 calls")
+    t.add_argument("--json", dest="json_path", default=None)
+
     m = sub.add_parser("micro", help="pick, reconcile, hot-path and memory micro-benchmarks")
     m.add_argument("--quick", action="store_true")
     m.add_argument("--json", dest="json_path", default=None)
@@ -82,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             ns, rounds, rpcs = [4, 20], 1, 200
         out = run_futures(ns, args.designs, rounds, rpcs, args.json_path)
         return 1 if any(r["errors"] for r in out["futures"]) else 0
+    if args.cmd == "threads":
+        from .threads import run_threads_bench
+
+        backends, calls = (4, 40) if args.quick else (args.backends, args.calls)
+        res = run_threads_bench(backends, calls, args.hold_ms, json_path=args.json_path)
+        return 1 if any(r["errors"] for r in res["threads"]) else 0
     if args.cmd == "micro":
         import json
 

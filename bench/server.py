@@ -16,6 +16,8 @@ little as possible per RPC):
   and trailing metadata ("x-bench-trailer", "2").
 - ``/bench.Bench/Hold``   unary-stream that sends nothing and ends only when
   the client cancels (keeps a managed call open on a client channel).
+- ``/bench.Bench/Collect`` stream-unary, reads every request, sleeps int(first
+  request) milliseconds (or until cancelled), returns the number of requests.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ ECHO = f"/{SERVICE}/Echo"
 STREAM = f"/{SERVICE}/Stream"
 HOLD = f"/{SERVICE}/Hold"
 SLEEP = f"/{SERVICE}/Sleep"
+COLLECT = f"/{SERVICE}/Collect"
 
 
 def _echo(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -56,6 +59,14 @@ def _sleep(request: bytes, context: grpc.ServicerContext) -> bytes:
     return request
 
 
+def _collect(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    items = list(requests)
+    done = threading.Event()
+    context.add_callback(done.set)
+    done.wait(int(items[0] or b"0") / 1000 if items else 0)
+    return str(len(items)).encode()
+
+
 def _hold(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
     done = threading.Event()
     context.add_callback(done.set)
@@ -72,6 +83,7 @@ def build_server(ports: int, workers: int, host: str = "127.0.0.1") -> tuple[grp
             "Stream": grpc.unary_stream_rpc_method_handler(_stream),
             "Hold": grpc.unary_stream_rpc_method_handler(_hold),
             "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
+            "Collect": grpc.stream_unary_rpc_method_handler(_collect),
         },
     )
     server = grpc.server(

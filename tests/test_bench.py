@@ -14,3 +14,10 @@ def test_bench_quick_runs_every_variant_and_mode() -> None:
                          timeout=120, check=True).stdout
     for needle in ("X/A", "X/B", "sync", "future", "threads", "D-old"):
         assert needle in out, f"{needle!r} missing from the harness output:\n{out}"
+
+
+def test_bench_threads_quick_prints_both_variants_for_every_case() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench", "threads", "--quick"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    for needle in ("unary+retry", "stream-unary gen", "B py peak", "D py peak"):
+        assert needle in out, f"{needle!r} missing from the threads output:\n{out}"
