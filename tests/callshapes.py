@@ -157,6 +157,13 @@ class Client:
         core = self.core
         return sum(b.in_flight for b in (*core.manager.backends, *core.manager.draining))
 
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        """Wait until no attempt is in flight. An attempt's books close when grpc ends its
+        call, which for futures and streams may come just after the caller saw the outcome."""
+        from discovery.testing import wait_for
+
+        wait_for(lambda: self.in_flight() == 0, timeout, message="every attempt's books closed")
+
     # -- running RPCs ---------------------------------------------------------
 
     def call(self, shape: str, *, timeout: float | None = 10.0, metadata: Sequence[tuple[str, str]] | None = None,

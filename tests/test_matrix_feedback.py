@@ -25,7 +25,7 @@ RETRY = {"maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.05s", "ba
 def _settled(c, tally: Tally, attempts: int) -> list:  # type: ignore[no-untyped-def]
     """Every attempt reported (futures and streams report when grpc ends the call), then no more."""
     wait_for(lambda: len(tally.seen()) >= attempts, 5, message=f"{attempts} DoneInfos")
-    wait_for(lambda: c.in_flight() == 0, 5, message="no attempt in flight")
+    c.wait_idle()
     seen = tally.seen()
     assert len(seen) == attempts, "exactly one DoneInfo per attempt"
     return seen

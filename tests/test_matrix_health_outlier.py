@@ -37,7 +37,7 @@ def test_unhealthy_backend_is_never_picked(shape, start_backends, clients) -> No
     # Healthy again: it is picked again.
     sick.set_health(SERVING)
     wait_for(lambda: c.call(shape).backend == sick.name, 10, message="sick picked again once SERVING")
-    assert c.in_flight() == 0
+    c.wait_idle()
 
 
 @contextlib.contextmanager
@@ -74,4 +74,4 @@ def test_outlier_detection_ejects_from_failures_of_any_shape(shape, child, start
         outcomes = [c.call(shape) for _ in range(6)]
     assert all(o.ok and o.backend != bad.name for o in outcomes)
     assert bad.calls[method] == 3
-    assert c.in_flight() == 0
+    c.wait_idle()

@@ -47,7 +47,7 @@ def test_p50_stays_near_the_fast_backend(shape, start_backends, clients) -> None
     assert max(latencies) < 0.9, latencies
     assert slow.calls["Unary"] >= 5
     wait_for(lambda: slow.cancelled == slow.calls["Unary"], 5, message="every slow attempt cancelled")
-    assert c.in_flight() == 0
+    c.wait_idle()
 
 
 @pytest.mark.parametrize("shape", HEDGED)
@@ -64,7 +64,7 @@ def test_hedges_go_to_untried_backends_and_the_losers_are_cancelled(shape, start
     assert (a.calls["Unary"], b.calls["Unary"], fast.calls["Unary"]) == (1, 1, 1)
     # The first success wins; the slow servers see their attempts cancelled.
     wait_for(lambda: a.cancelled == 1 and b.cancelled == 1, 5, message="losing hedges cancelled on the servers")
-    wait_for(lambda: c.in_flight() == 0, 5, message="books closed on every hedge")
+    c.wait_idle()
 
 
 @pytest.mark.parametrize("shape", HEDGED)
@@ -103,7 +103,7 @@ def test_throttling_stops_hedges(shape, start_backends, clients) -> None:  # typ
     # Now the first attempt goes alone.
     assert c.call(shape).code is UNAVAILABLE
     assert sum(s.total for s in servers) == 4
-    wait_for(lambda: c.in_flight() == 0, 5, message="books closed")
+    c.wait_idle()
 
 
 @pytest.mark.parametrize("shape", HEDGED)

@@ -119,7 +119,7 @@ def test_interceptors_see_each_rpc_once_above_retries(shape, start_backends, cli
         assert all(o.ok and o.backend == good.name for o in outcomes)
     else:
         assert sum(not o.ok for o in outcomes) == bad.calls[method]
-    assert c.in_flight() == 0
+    c.wait_idle()
 
 
 def test_aio_interceptors_with_write_and_done_writing(start_backends) -> None:  # type: ignore[no-untyped-def]

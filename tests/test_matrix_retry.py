@@ -43,7 +43,7 @@ def test_retry_policy_goes_to_another_backend(shape, start_backends, clients) ->
         assert len(failed) == bad.calls[method] >= 1
         assert all(o.code is UNAVAILABLE and bad.name in o.details for o in failed)
         assert good.calls[method] == 4 - len(failed)
-    assert c.in_flight() == 0
+    c.wait_idle()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -68,7 +68,7 @@ def test_never_sent_attempt_is_repicked_transparently(shape, start_backends, cli
         # the channel does not replay it; grpcio's own "never sent" error reaches the caller.
         assert out.code is UNAVAILABLE and good.calls[method] == 0
         assert "failed to connect to all addresses" in out.details or "backends failing" in out.details
-    assert c.in_flight() == 0
+    c.wait_idle()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -98,7 +98,7 @@ def test_throttling_stops_retries(shape, start_backends, clients) -> None:  # ty
     for _ in range(11):
         assert c.call(unary).ok
     assert c.core.throttle.tokens == pytest.approx(tokens + 11 * 0.1)
-    assert c.in_flight() == 0
+    c.wait_idle()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -123,4 +123,4 @@ def test_per_attempt_recv_timeout_retries_on_another_backend(shape, start_backen
         on_slow = [o for o in outcomes if o.backend == slow.name]
         assert len(on_slow) == slow.calls[method] and all(o.elapsed >= 0.9 for o in on_slow)
         assert slow.cancelled == 0
-    assert c.in_flight() == 0
+    c.wait_idle()
