@@ -66,7 +66,7 @@ METHOD = {
 }
 
 # Backend channels that reconnect within a fraction of a second (grpc's default is 1 s, x1.6).
-FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300))
+FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 150))
 
 
 def is_aio(shape: str) -> bool:

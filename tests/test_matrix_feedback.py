@@ -114,3 +114,18 @@ def test_request_streams_report_the_servers_status(shape, start_backends, client
     seen = _settled(c, tally, 100)
     assert {info.code for _, info in seen} == {UNAVAILABLE}
     assert all(("x-served-by", s.name) in info.trailing_metadata for _, info in seen)
+
+
+def test_the_example_prints_one_line_per_attempt() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "examples.custom_balancer"], cwd=root, capture_output=True,
+                         text=True, timeout=60, check=True).stdout.splitlines()
+    assert out[0].split() == ["backend", "status", "latency", "trailing", "metadata"]
+    rows = [line.split()[:2] for line in out[1:]]
+    # Six RPCs, one retried: seven attempts, the failed one on alpha.
+    assert len(rows) == 7 and rows.count(["alpha", "UNAVAILABLE"]) == 1
+    assert sum(status == "OK" for _, status in rows) == 6

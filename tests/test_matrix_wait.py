@@ -8,6 +8,7 @@ import grpc
 import pytest
 from callshapes import METHOD, SHAPES, method_config
 
+import discovery
 from discovery.testing import wait_for, wait_ready
 from discovery.testing.servers import static_target
 
@@ -27,7 +28,8 @@ def _parked(core) -> bool:  # type: ignore[no-untyped-def]
 def test_wait_for_ready_waits_for_a_backend(shape, source, start_backends, clients) -> None:  # type: ignore[no-untyped-def]
     (s,) = start_backends(1)
     sc = method_config(waitForReady=True) if source == "methodConfig" else None
-    c = clients(shape, static_target([s]), service_config=sc)
+    # Backends re-read every 50 ms: the stopped server is noticed sooner than with the default 250 ms.
+    c = clients(shape, static_target([s]), service_config=sc, settings=discovery.ChannelSettings(slow_poll=0.05))
     assert c.call(shape).ok
     s.stop()
     wait_for(lambda: c.channel.get_state() is C.TRANSIENT_FAILURE, 10, message="channel in TRANSIENT_FAILURE")
