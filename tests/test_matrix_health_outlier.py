@@ -75,3 +75,30 @@ def test_outlier_detection_ejects_from_failures_of_any_shape(shape, child, start
     assert all(o.ok and o.backend != bad.name for o in outcomes)
     assert bad.calls[method] == 3
     c.wait_idle()
+
+
+def test_cancelled_attempts_count_neither_way() -> None:
+    """A losing hedge is CANCELLED by the client: it must not hide a failing backend."""
+    from discovery.balancers.outlier_detection import OutlierDetectionBuilder
+    from discovery.testing import FakeClock, FakeHelper, FakeSubConn, addresses, finish, update
+
+    builder = OutlierDetectionBuilder()
+    cfg = builder.parse_config({"consecutiveErrors": 3, "maxEjectionPercent": 50}, key_path="od")
+    helper = FakeHelper(FakeClock())
+    od = builder.build(helper, cfg)
+    subconns = [FakeSubConn(a, state=grpc.ChannelConnectivity.READY)
+                for a in addresses("127.0.0.1:1", "127.0.0.1:2")]
+    update(od, subconns, cfg)
+    bad = subconns[0]
+
+    def pick_bad():  # type: ignore[no-untyped-def]
+        for _ in range(4):
+            r = helper.picker.pick("/svc/M", None)
+            if r is not None and r.subconn.backend is bad:
+                return r
+        raise AssertionError("bad never picked")
+
+    for code in ("INTERNAL", "CANCELLED", "INTERNAL", "CANCELLED", "INTERNAL"):
+        finish(pick_bad(), grpc.StatusCode[code])
+    helper.run_due()
+    assert helper.ejections == [(bad.addr, True)]

@@ -55,6 +55,8 @@ __all__ = ["OutlierDetectionBuilder", "OutlierDetectionConfig"]
 
 log = logging.getLogger(__name__)
 
+_CANCELLED = grpc.StatusCode.CANCELLED
+
 
 @dataclass(frozen=True, slots=True)
 class SuccessRate:
@@ -227,6 +229,11 @@ class OutlierDetection(Balancer):
 
     def record(self, st: _State, stats: _Stats, info: DoneInfo) -> None:
         failed = info.code in self._cfg.failure_codes
+        if info.code is _CANCELLED and not failed:
+            # Cancelled by this client (a losing hedge, the application): it says nothing
+            # about the backend. Counted as a success, a slow backend whose hedges always
+            # lose would look perfect and reset its run of consecutive errors.
+            return
         limit = self._cfg.consecutive_errors
         with stats.lock:
             if failed:
