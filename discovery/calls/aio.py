@@ -217,7 +217,7 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
                     self._response = await self._call
                 except grpc.aio.AioRpcError as exc:
                     if not self._replayable:
-                        raise
+                        raise ctx.real_error(self._call, exc) from None
                     delay = att.after_failure(exc.code(), exc.details(), exc.trailing_metadata())
                     if delay is None:
                         raise
