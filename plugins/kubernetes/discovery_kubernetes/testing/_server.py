@@ -47,6 +47,7 @@ import copy
 import http.server
 import json
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -97,6 +98,9 @@ ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "Endpoint
 ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints")
 _BY_KIND = {r.kind: r for r in (ENDPOINT_SLICES, ENDPOINTS)}
 _BY_PLURAL = {r.plural: r for r in (ENDPOINT_SLICES, ENDPOINTS)}
+
+#: Seconds between checks whether a watching client is still there.
+_POLL = 0.05
 
 _ENDPOINTS_WARNING = '299 - "v1 Endpoints is deprecated in v1.33+; use discovery.k8s.io/v1 EndpointSlice"'
 
@@ -911,11 +915,11 @@ class KubeApiServer:
             with self._cond:
                 while True:
                     now = time.monotonic()
-                    if self._stopping or watch.mode == "broken":
+                    if self._stopping or watch.mode == "broken" or _client_gone(watch.conn):
                         end = "cut"
                         break
                     if watch.mode == "hung":
-                        self._cond.wait()
+                        self._cond.wait(_POLL)
                         continue
                     if watch.queue:
                         out = [{"type": t, "object": o} for t, o in watch.queue]
@@ -936,7 +940,9 @@ class KubeApiServer:
                             "kind": watch.spec.resource.kind, "apiVersion": watch.spec.resource.api_version,
                             "metadata": {"resourceVersion": str(self._rv)}}}]
                         break
-                    self._cond.wait(min(deadline, next_bookmark) - now)
+                    # Wake now and then to notice a client that went away, as the
+                    # API server ends a watch whose connection closed.
+                    self._cond.wait(min(deadline, next_bookmark, now + _POLL) - now)
             if end == "cut":
                 h.close_connection = True
                 _cut(h.connection)
@@ -981,6 +987,15 @@ def _normalise(resource: Resource, obj: Mapping[str, Any]) -> dict[str, Any]:
     elif not out.get("subsets"):
         out.pop("subsets", None)
     return out
+
+
+def _client_gone(conn: socket.socket) -> bool:
+    """True when a watching client closed its end (it sends nothing else while a watch streams)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _chunk(h: _Handler, event: Mapping[str, Any]) -> None:
