@@ -182,12 +182,18 @@ class KubernetesResolver(Resolver):
         c = self._get_client(ctx)
         unregister = ctx.on_interrupt(c.interrupt)
         try:
-            if self._rv is None:
-                self._relist(ctx, c)
-            if not ctx.stopped:
-                self._watch_once(ctx, c)
-        except _Relist:
-            self._rv = None  # the next run lists at once
+            for _ in range(2):
+                if self._rv is None:
+                    self._relist(ctx, c)
+                if ctx.stopped:
+                    return
+                try:
+                    self._watch_once(ctx, c)
+                    return
+                except _Relist:
+                    # List again: at once the first time; a second 410 in a row
+                    # waits for the next run (at most one run a second).
+                    self._rv = None
         except BaseException:
             # After a failure the next run starts from a fresh list: the API
             # server may have restarted, and its history with it.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -512,24 +511,6 @@ def test_object_builders_match_the_api_shape() -> None:
                   "hints": {"forZones": [{"name": "z"}]}}
     assert s["ports"] == [{"name": "grpc", "protocol": "TCP"}]
     assert s["addressType"] == "IPv6"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway CA and a certificate for 127.0.0.1, made with openssl."""
-    d = tmp_path_factory.mktemp("kpki")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=kube test CA")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=kube-apiserver")
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
-    return d
 
 
 def test_https_with_a_ca_from_the_kubeconfig(pki: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:

@@ -168,7 +168,7 @@ def _with_kind(resource: Resource, obj: Mapping[str, Any] | None) -> dict[str, A
 class _Watch:
     """One open watch stream (state guarded by the server's condition)."""
 
-    __slots__ = ("bookmark_now", "bookmarks", "conn", "mode", "queue", "spec")
+    __slots__ = ("bookmark_now", "bookmarks", "conn", "mode", "queue", "spec", "streaming")
 
     def __init__(self, spec: _Spec, bookmarks: bool, conn: socket.socket) -> None:
         self.spec = spec
@@ -178,6 +178,8 @@ class _Watch:
         # open | hung | broken | expired | closed
         self.mode = "open"
         self.bookmark_now = False
+        # True once the response headers are out: the client then holds an open watch.
+        self.streaming = False
 
 
 def _status(code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -302,6 +304,7 @@ class KubeApiServer:
         self._watches: list[_Watch] = []
         self._conns: set[socket.socket] = set()
         self._requests: list[RequestRecord] = []
+        self._received = 0
         self._lists = 0
         self._watches_started = 0
         self._hang_requests = False
@@ -537,10 +540,16 @@ class KubeApiServer:
             return list(self._requests)
 
     @property
-    def open_watches(self) -> int:
-        """Watches currently streaming (hung ones not counted)."""
+    def requests_received(self) -> int:
+        """Requests read so far, answered or not (see :meth:`hang_requests`)."""
         with self._cond:
-            return sum(1 for w in self._watches if w.mode == "open")
+            return self._received
+
+    @property
+    def open_watches(self) -> int:
+        """Watches currently streaming (their response headers sent; hung ones not counted)."""
+        with self._cond:
+            return sum(1 for w in self._watches if w.mode == "open" and w.streaming)
 
     @property
     def lists_served(self) -> int:
@@ -746,6 +755,8 @@ class KubeApiServer:
         url = urlsplit(h.path)
         params = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         with self._cond:
+            self._received += 1
+            self._cond.notify_all()
             self._cond.wait_for(lambda: not self._hang_requests or self._stopping)
             if self._stopping:
                 h.close_connection = True
@@ -895,6 +906,10 @@ class KubeApiServer:
                 _chunk(h, {"type": "ERROR", "object": gone})
                 _end(h)
                 return
+            h.wfile.flush()
+            with self._cond:
+                watch.streaming = True
+                self._cond.notify_all()
             self._stream(h, watch, timeout)
         except OSError:
             h.close_connection = True
@@ -930,15 +945,15 @@ class KubeApiServer:
                             410, "Expired", f"The resourceVersion for the provided watch is too old. ({self._rv})")}]
                         end = "clean"
                         break
-                    if watch.mode == "closed" or now >= deadline:
-                        end = "clean"
-                        break
                     if watch.bookmark_now or now >= next_bookmark:
                         watch.bookmark_now = False
                         next_bookmark = now + interval if interval else float("inf")
                         out = [{"type": "BOOKMARK", "object": {
                             "kind": watch.spec.resource.kind, "apiVersion": watch.spec.resource.api_version,
                             "metadata": {"resourceVersion": str(self._rv)}}}]
+                        break
+                    if watch.mode == "closed" or now >= deadline:
+                        end = "clean"
                         break
                     # Wake now and then to notice a client that went away, as the
                     # API server ends a watch whose connection closed.
