@@ -405,12 +405,14 @@ class ChannelCore:
         return started
 
     def finish_close(self) -> None:
-        self.loop.submit(self.manager.close_all)
+        def last() -> None:
+            self.manager.close_all()
+            # Subscribers hear SHUTDOWN on the control thread, like every other state.
+            self._set_state(_C.SHUTDOWN)
+            self._subscribers.clear()
+
+        self.loop.submit(last)
         self.loop.stop()
-        self.state = _C.SHUTDOWN
-        for cb in list(self._subscribers):
-            self._notify(cb, _C.SHUTDOWN)
-        self._subscribers.clear()
 
     def close(self, grace: float | None) -> None:
         """Close from a thread (blocking): refuse RPCs, drain or cancel, stop the loop."""
