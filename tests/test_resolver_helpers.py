@@ -8,7 +8,6 @@ every delay below is read from the clock, never guessed, and no test sleeps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import logging
 import math
@@ -24,7 +23,7 @@ import pytest
 from discovery.address import Address, ResolverState
 from discovery.clock import Backoff
 from discovery.errors import ConfigError, ResolverError
-from discovery.resolver import PollingResolver, Resolver, WatchContext, WatchResolver
+from discovery.resolver import PollingResolver, Resolver, WatchContext, WatchResolver, shutdown_socket
 from discovery.testing import FakeClock, RecordingListener, addresses, wait_for
 from discovery.testing.servers import SilentServer
 
@@ -545,19 +544,6 @@ def silent_server() -> Iterator[SilentServer]:
         yield server
 
 
-def _abort(conn: http.client.HTTPConnection) -> None:
-    """Wake a thread blocked reading from ``conn`` by shutting its socket down.
-
-    Closing alone does not wake a recv() blocked in another thread (and the
-    response's file object keeps the descriptor open); shutdown() does. The
-    watch closes the connection itself when the read fails.
-    """
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
 def in_call(thread_name: str, function: str) -> bool:
     """True while the thread named ``thread_name`` has ``function`` on its stack (it is blocked in it)."""
     idents = [t.ident for t in threading.enumerate() if t.name == thread_name]
@@ -578,7 +564,7 @@ def test_close_interrupts_a_pending_long_poll(
     def watch(ctx: WatchContext) -> None:
         ctx.publish(A)
         conn = http.client.HTTPConnection("127.0.0.1", silent_server.port, timeout=60)
-        unregister = ctx.on_interrupt(lambda: _abort(conn))
+        unregister = ctx.on_interrupt(lambda: shutdown_socket(conn.sock))
         try:
             if ctx.stopped:
                 return
@@ -802,3 +788,11 @@ def test_silent_server_takes_requests_on_tcp_and_udp_and_never_answers() -> None
     assert tcp.recv(100) == b""
     tcp.close()
     udp.close()
+
+
+def test_shutdown_socket_accepts_none_and_closed_sockets() -> None:
+    shutdown_socket(None)
+    s = socket.socket()
+    shutdown_socket(s)  # never connected: ENOTCONN is swallowed
+    s.close()
+    shutdown_socket(s)  # closed: EBADF is swallowed

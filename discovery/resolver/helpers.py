@@ -41,6 +41,7 @@ import contextlib
 import inspect
 import logging
 import math
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,7 +51,7 @@ from ..clock import SYSTEM_CLOCK, Backoff, Clock
 from ..errors import ConfigError, ResolverError
 from . import Resolver, ResolverListener
 
-__all__ = ["PollingResolver", "WatchContext", "WatchResolver", "default_backoff"]
+__all__ = ["PollingResolver", "WatchContext", "WatchResolver", "default_backoff", "shutdown_socket"]
 
 #: Used when an ``interval`` callable fails: the plain default of PollingResolver.
 _FALLBACK_INTERVAL = 30.0
@@ -59,6 +60,22 @@ _FALLBACK_INTERVAL = 30.0
 def default_backoff() -> Backoff:
     """The helpers' reconnect backoff: 1 s initial, x1.6, jitter 0.2, 30 s cap."""
     return Backoff(initial=1.0, multiplier=1.6, jitter=0.2, maximum=30.0)
+
+
+def shutdown_socket(sock: socket.socket | None) -> None:
+    """Wake every thread blocked reading or writing ``sock``: an interrupter for a pending request.
+
+    ``ctx.on_interrupt(lambda: shutdown_socket(conn.sock))`` aborts an
+    ``http.client`` long poll: its read ends at once (with an error the watch
+    may raise; after close() it is not reported). Closing a socket does not
+    wake a thread blocked on it, and a response object keeps the descriptor
+    open anyway; ``shutdown()`` does both jobs. Never raises; None and a
+    closed socket are fine. The owner still closes the socket.
+    """
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _check_name(name: object) -> str:
