@@ -796,3 +796,25 @@ def test_shutdown_socket_accepts_none_and_closed_sockets() -> None:
     shutdown_socket(s)  # never connected: ENOTCONN is swallowed
     s.close()
     shutdown_socket(s)  # closed: EBADF is swallowed
+
+
+def test_resolve_now_does_not_wait_for_a_listener_call_in_progress(clock: FakeClock, built: list[Any]) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    class SlowListener(RecordingListener):
+        def update_state(self, state: ResolverState) -> None:
+            entered.set()
+            release.wait(10)
+            super().update_state(state)
+
+    listener = SlowListener()
+    lookup = Script(A, B)
+    r = polling(built, listener, lookup, clock, interval=300.0, min_interval=0.0)
+    assert entered.wait(5)
+    t0 = time.monotonic()
+    r.resolve_now()
+    assert time.monotonic() - t0 < 0.5
+    release.set()
+    listener.wait_for_count(states=2)  # the request was kept: a second lookup ran at once
+    assert lookup.calls == 2

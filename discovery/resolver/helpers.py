@@ -128,11 +128,12 @@ class _Helper(Resolver):
         self._clock = clock
         self._backoff = backoff if backoff is not None else default_backoff()
         self._log = logging.getLogger(f"discovery.resolver.{self._name}")
-        # One re-entrant lock guards the stop flag, the wake-up reasons, the
-        # interrupters, the event loop handles and every listener call: close()
-        # takes it, so it cannot return while a listener call is under way and
-        # none can start after it. Re-entrant because a listener may close the
-        # resolver (or ask resolve_now) from inside its own callback.
+        # One re-entrant lock guards setting the stop flag, the interrupters,
+        # the event loop handles and every listener call: close() takes it, so
+        # it cannot return while a listener call is under way and none can
+        # start after it. Re-entrant because a listener may close the resolver
+        # from inside its own callback. resolve_now() and reading the stop flag
+        # take no lock, so they never wait for a listener call.
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopped = False
@@ -157,8 +158,7 @@ class _Helper(Resolver):
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        with self._lock:
-            return self._stopped
+        return self._stopped
 
     def start(self) -> None:
         """Start the resolver's thread; the first lookup or watch runs at once. Never blocks.
@@ -172,11 +172,15 @@ class _Helper(Resolver):
         self._thread.start()
 
     def resolve_now(self) -> None:
-        """Ask for a fresh lookup (polling) or wake ``ctx.wait`` (watch). Never blocks; thread-safe."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._poked = True
+        """Ask for a fresh lookup (polling) or wake ``ctx.wait`` (watch). Never blocks; thread-safe.
+
+        Takes no lock: the sleeping thread clears its event before it reads
+        the flag, so the wake-up cannot be lost. A request that arrives just
+        as a lookup starts is answered by that lookup.
+        """
+        if self._stopped:
+            return
+        self._poked = True
         self._wake.set()
 
     def close(self) -> None:
@@ -218,8 +222,7 @@ class _Helper(Resolver):
     # -- for WatchContext and subclasses ------------------------------------------
 
     def _is_stopped(self) -> bool:
-        with self._lock:
-            return self._stopped
+        return self._stopped
 
     def _interrupt(self, fn: Callable[[], None]) -> None:
         try:
@@ -293,15 +296,14 @@ class _Helper(Resolver):
         """Wait ``seconds`` of the clock (None: forever). True at once when stopped or, if ``pokeable``, poked."""
         deadline = None if seconds is None else self._clock.monotonic() + seconds
         while True:
-            with self._lock:
-                if self._stopped:
-                    return True
-                if pokeable and self._poked:
-                    self._poked = False
-                    return True
-                # Cleared under the lock that resolve_now() and close() set
-                # their flags under, so no wake-up between check and wait is lost.
-                self._wake.clear()
+            # Clear first, then read the flags: resolve_now() and close() set
+            # their flag before the event, so no wake-up in between is lost.
+            self._wake.clear()
+            if self._stopped:
+                return True
+            if pokeable and self._poked:
+                self._poked = False
+                return True
             timeout = None
             if deadline is not None:
                 timeout = deadline - self._clock.monotonic()
@@ -530,30 +532,29 @@ class PollingResolver(_Helper):
         return value
 
     def _schedule(self, delay: float, *, in_backoff: bool) -> None:
-        with self._lock:
-            self._last_end = self._clock.monotonic()
-            delay = max(delay, self._min_interval)
-            self._next_at = None if math.isinf(delay) else self._last_end + delay
-            self._in_backoff = in_backoff
+        # Scheduling state belongs to the helper's thread alone: no lock.
+        self._last_end = self._clock.monotonic()
+        delay = max(delay, self._min_interval)
+        self._next_at = None if math.isinf(delay) else self._last_end + delay
+        self._in_backoff = in_backoff
 
     def _wait_until_due(self) -> bool:
         """Block until a lookup is due; False once stopped."""
         while True:
-            with self._lock:
-                if self._stopped:
-                    return False
-                now = self._clock.monotonic()
-                due = self._next_at
-                if self._last_end is None:
-                    due = now
-                elif self._poked and not self._in_backoff:
-                    soonest = self._last_end + self._min_interval
-                    due = soonest if due is None else min(due, soonest)
-                if due is not None and now >= due:
-                    self._poked = False
-                    return True
-                self._wake.clear()
-                timeout = None if due is None else due - now
+            self._wake.clear()  # before reading the flags, as in _sleep()
+            if self._stopped:
+                return False
+            now = self._clock.monotonic()
+            due = self._next_at
+            if self._last_end is None:
+                due = now
+            elif self._poked and not self._in_backoff:
+                soonest = self._last_end + self._min_interval
+                due = soonest if due is None else min(due, soonest)
+            if due is not None and now >= due:
+                self._poked = False
+                return True
+            timeout = None if due is None else due - now
             self._clock.wait(self._wake, timeout)
 
     def _run(self) -> None:
