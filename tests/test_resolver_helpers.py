@@ -139,8 +139,9 @@ def test_watch_rejects_bad_arguments_with_a_config_error(
     with pytest.raises(ConfigError) as info:
         WatchResolver(listener, lambda ctx: None, name="ok", **kwargs)
     assert info.value.key_path == key
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         WatchResolver(listener, "not callable", name="ok")  # type: ignore[arg-type]
+    assert info.value.key_path == "watch"
 
 
 # -- PollingResolver --------------------------------------------------------------------------

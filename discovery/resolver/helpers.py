@@ -115,10 +115,10 @@ def _as_resolver_error(name: str, exc: BaseException) -> ResolverError:
 class _Helper(Resolver):
     """The thread, the stop flag, the listener guard and the event loop shared by both helpers."""
 
-    def __init__(self, listener: ResolverListener, fn: Callable[..., Any], *, name: str, clock: Clock,
-                 backoff: Backoff | None) -> None:
+    def __init__(self, listener: ResolverListener, fn: Callable[..., Any], fn_key: str, *, name: str,
+                 clock: Clock, backoff: Backoff | None) -> None:
         if not callable(fn):
-            raise ConfigError(f"expected a function, got {type(fn).__name__}", key_path="lookup/watch")
+            raise ConfigError(f"expected a function, got {type(fn).__name__}", key_path=fn_key)
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ConfigError(f"expected a discovery.clock.Backoff, got {type(backoff).__name__}",
                               key_path="backoff")
@@ -188,7 +188,8 @@ class _Helper(Resolver):
 
         Sets the stop flag, wakes every wait, cancels a running coroutine and
         calls the registered interrupters on this thread. After it returns the
-        listener gets no more calls.
+        listener gets no more calls: it waits only for a listener call already
+        under way (listener calls never block), never for I/O.
         """
         with self._lock:
             if self._stopped:
@@ -437,7 +438,7 @@ class WatchResolver(_Helper):
     def __init__(self, listener: ResolverListener, watch: WatchFn, *, name: str,
                  clock: Clock = SYSTEM_CLOCK, backoff: Backoff | None = None,
                  healthy_after: float = 30.0, min_interval: float = 1.0) -> None:
-        super().__init__(listener, watch, name=name, clock=clock, backoff=backoff)
+        super().__init__(listener, watch, "watch", name=name, clock=clock, backoff=backoff)
         self._healthy_after = _check_seconds(healthy_after, "healthy_after", allow_zero=True)
         self._min_interval = _check_seconds(min_interval, "min_interval", allow_zero=True)
         self._healthy_since: float | None = None
@@ -507,7 +508,7 @@ class PollingResolver(_Helper):
     def __init__(self, listener: ResolverListener, lookup: LookupFn, *, name: str,
                  clock: Clock = SYSTEM_CLOCK, interval: float | Callable[[ResolverState], float] = 30.0,
                  min_interval: float = 2.0, backoff: Backoff | None = None) -> None:
-        super().__init__(listener, lookup, name=name, clock=clock, backoff=backoff)
+        super().__init__(listener, lookup, "lookup", name=name, clock=clock, backoff=backoff)
         if not callable(interval):
             interval = _check_seconds(interval, "interval", allow_zero=False, allow_inf=True)
         self._interval = interval
