@@ -32,11 +32,11 @@ from .errors import (
 from .registry import (
     get_balancer,
     get_resolver,
-    has_resolver,
     register_balancer,
     register_resolver,
     registered_balancers,
     registered_resolvers,
+    resolve_target,
     unregister_balancer,
     unregister_resolver,
 )
@@ -88,19 +88,8 @@ __version__ = "0.1.0"
 ChannelOptions = Sequence[tuple[str, Any]] | None
 
 
-def _resolve_target(target: str) -> Target:
-    """Parse ``target``; a bare ``host:port`` gets gRPC's default scheme, ``dns``."""
-    try:
-        t = parse_target(target)
-    except TargetError:
-        if "://" in target:
-            raise
-        return parse_target("dns:///" + target)
-    if "://" not in target and not has_resolver(t.scheme):
-        # "localhost:50051" parses as scheme "localhost"; gRPC falls back to
-        # its default scheme in that case, and so do we.
-        return parse_target("dns:///" + target)
-    return t
+# Kept for callers of the old private name.
+_resolve_target = resolve_target
 
 
 def _open(
@@ -111,11 +100,13 @@ def _open(
     service_config: Mapping[str, Any] | str | ServiceConfig | None,
     resolver_config: Mapping[str, Any] | None,
     settings: ChannelSettings | None,
-) -> Channel:
+    *,
+    aio: bool = False,
+) -> Any:
     # Validate everything before anything starts: a bad argument must not
     # leave a half-built channel or a running resolver behind.
     sc = service_config if isinstance(service_config, ServiceConfig) else parse_service_config(service_config)
-    t = _resolve_target(target)
+    t = resolve_target(target)
     resolver_builder = get_resolver(t.scheme)
     balancer_builder = get_balancer(sc.policy)
     settings = settings or ChannelSettings()
@@ -140,7 +131,12 @@ def _open(
         return grpc.aio.secure_channel(address.addr, credentials, backend_opts, compression)
 
     opts = ResolverOptions(config=dict(resolver_config or {}), clock=settings.clock)
-    return build_channel(
+    build: Any = build_channel
+    if aio:
+        from .aio import build_aio_channel
+
+        build = build_aio_channel
+    return build(
         target=target,
         resolver_factory=lambda core: resolver_builder.build(t, core, opts),
         balancer_factory=lambda core: balancer_builder.build(core, sc.policy_config),
@@ -169,7 +165,8 @@ def insecure_channel(
     before starting anything. Returns at once; resolution and connection
     happen on the channel's control thread.
     """
-    return _open(target, None, options, compression, service_config, resolver_config, settings)
+    return _open(target, None, options, compression, service_config, resolver_config,  # type: ignore[no-any-return]
+                 settings)
 
 
 def secure_channel(
@@ -190,7 +187,8 @@ def secure_channel(
     """
     if credentials is None:
         raise TypeError("secure_channel needs credentials; use insecure_channel for plaintext")
-    return _open(target, credentials, options, compression, service_config, resolver_config, settings)
+    return _open(target, credentials, options, compression, service_config, resolver_config,  # type: ignore[no-any-return]
+                 settings)
 
 
 def channel_from_config(
@@ -201,6 +199,11 @@ def channel_from_config(
     ``path`` None means ``$DISCOVERY_CONFIG``, then ``./discovery.toml``. The
     whole file is validated first; any error names the file and the key.
     """
+    return _from_config(service, path, settings, aio=False)  # type: ignore[no-any-return]
+
+
+def _from_config(service: str, path: str | os.PathLike[str] | None, settings: ChannelSettings | None, *,
+                 aio: bool) -> Any:
     entries = load_config_file(path)
     if service not in entries:
         raise ConfigError(f"no service {service!r}; the file defines {sorted(entries)}",
@@ -213,7 +216,7 @@ def channel_from_config(
                                    drain_grace=e.drain_grace, clock=base.clock)
     options: list[tuple[str, Any]] = list(e.options)
     if e.tls is None:
-        return _open(e.target, None, options, None, e.service_config, e.resolver, settings)
+        return _open(e.target, None, options, None, e.service_config, e.resolver, settings, aio=aio)
 
     def read(p: str | None) -> bytes | None:
         if p is None:
@@ -224,4 +227,4 @@ def channel_from_config(
     creds = grpc.ssl_channel_credentials(read(e.tls.ca_file), read(e.tls.key_file), read(e.tls.cert_file))
     if e.tls.server_name:
         options.append(("grpc.ssl_target_name_override", e.tls.server_name))
-    return _open(e.target, creds, options, None, e.service_config, e.resolver, settings)
+    return _open(e.target, creds, options, None, e.service_config, e.resolver, settings, aio=aio)

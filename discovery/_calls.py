@@ -1,4 +1,4 @@
-"""Call objects the channel makes itself: a local RPC error and a deferred future.
+"""Call objects the sync channel makes itself: a local RPC error and a restartable stream.
 
 :class:`LocalRpcError` is what an RPC raises when the channel fails it before
 any backend sees it (nothing pickable, deadline spent waiting). Like grpc's own
@@ -6,17 +6,12 @@ inactive-RPC error it is at once a :class:`grpc.RpcError`, a
 :class:`grpc.Call` and a finished :class:`grpc.Future`, so code written for
 grpcio handles it unchanged.
 
-:class:`DeferredFuture` is what ``.future()`` returns when no backend can be
-picked yet but the RPC may wait (the channel is connecting, or the call is
-``wait_for_ready``): a helper thread waits for a pick and then starts the real
-call, to which every method delegates. It is the rare path; the common one
-returns grpc's own future.
+:class:`ReplayableStream` is a server stream that may start over on another
+backend until its first message arrives.
 """
 
 from __future__ import annotations
 
-import threading
-import traceback as _tb
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -28,7 +23,7 @@ if TYPE_CHECKING:
 else:  # grpc.Future is generic only in the type stubs
     _Future = grpc.Future
 
-__all__ = ["DeferredFuture", "LocalRpcError"]
+__all__ = ["LocalRpcError", "ReplayableStream"]
 
 
 class _Finished:
@@ -156,89 +151,6 @@ class _Delegating(_Future, grpc.Call):
 
     def details(self) -> Any:
         return self._target().details()
-
-
-class DeferredFuture(_Delegating):
-    """A future whose real call starts once ``start()`` (run on a helper thread) returns it."""
-
-    def __init__(self, start: Callable[[], Any]) -> None:
-        self._ready = threading.Event()
-        self._lock = threading.Lock()
-        self._inner: Any = None
-        self._cancelled = False
-        self._callbacks: list[Callable[[Any], None]] = []
-        threading.Thread(target=self._run, args=(start,), name="discovery-deferred-rpc", daemon=True).start()
-
-    def _run(self, start: Callable[[], Any]) -> None:
-        try:
-            inner = start()
-        except grpc.RpcError as exc:
-            inner = exc if isinstance(exc, grpc.Future) else LocalRpcError(grpc.StatusCode.UNKNOWN, str(exc))
-        except Exception as exc:  # surface as a failed RPC rather than a dead thread
-            inner = LocalRpcError(grpc.StatusCode.INTERNAL, "".join(_tb.format_exception_only(exc)).strip())
-        with self._lock:
-            if self._cancelled:
-                inner.cancel()
-            self._inner = inner
-            callbacks, self._callbacks = self._callbacks, []
-        self._ready.set()
-        for cb in callbacks:
-            inner.add_done_callback(lambda _f, cb=cb: cb(self))
-
-    def _target(self, timeout: float | None = None) -> Any:
-        if not self._ready.wait(timeout):
-            raise grpc.FutureTimeoutError()
-        return self._inner
-
-    # Until the real call exists, answer from what is known instead of waiting.
-    def cancel(self) -> bool:
-        with self._lock:
-            if self._inner is None:
-                self._cancelled = True
-                return True
-        return bool(self._inner.cancel())
-
-    def cancelled(self) -> bool:
-        return self._cancelled or (self._inner is not None and self._inner.cancelled())
-
-    def running(self) -> bool:
-        return self._inner is None or self._inner.running()
-
-    def done(self) -> bool:
-        return self._inner is not None and self._inner.done()
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        with self._lock:
-            if self._inner is None:
-                self._callbacks.append(fn)
-                return
-        self._inner.add_done_callback(lambda _f: fn(self))
-
-    def is_active(self) -> bool:
-        return self._inner is None or self._inner.is_active()
-
-    def time_remaining(self) -> float | None:  # type: ignore[override]
-        return None if self._inner is None else self._inner.time_remaining()
-
-
-class CompletedCall(_Finished, _Delegating):  # type: ignore[misc]  # grpc returns None here too
-    """A finished successful call: the response, plus grpc's call object for metadata."""
-
-    def __init__(self, response: Any, call: Any) -> None:
-        self._response = response
-        self._call = call
-
-    def _target(self, timeout: float | None = None) -> Any:
-        return self._call
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self._response
-
-    def exception(self, timeout: float | None = None) -> None:
-        return None
-
-    def traceback(self, timeout: float | None = None) -> None:
-        return None
 
 
 Restart = Callable[[list[Any], grpc.RpcError, int], "tuple[Any, int] | None"]

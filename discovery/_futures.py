@@ -43,7 +43,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-__all__ = ["AioTwin", "BridgedFuture", "FutureLoop", "future_via_loop", "shared_loop"]
+__all__ = ["AioTwin", "BridgedFuture", "FutureLoop", "future_on_loop", "shared_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -181,20 +181,12 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
         "_event",
         "_lock",
         "_loop",
-        "_on_done",
-        "_repick",
-        "_request",
         "_response",
     )
 
-    def __init__(self, loop: FutureLoop, timeout: float | None,
-                 on_done: Callable[[BridgedFuture], None] | None,
-                 repick: Callable[[BaseException], Any] | None = None) -> None:
+    def __init__(self, loop: FutureLoop, timeout: float | None) -> None:
         self._loop = loop
-        self._repick = repick
-        self._request: tuple[Any, ...] = ()
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._on_done = on_done
         self._lock = threading.Lock()
         self._done = False
         self._cancel_requested = False
@@ -208,29 +200,20 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
 
     # -- loop thread ---------------------------------------------------------
 
-    def _start(self, mc: Any, request: Any, metadata: Any, credentials: Any, wait_for_ready: Any,
-               compression: Any) -> None:
+    def _run(self, make: Callable[[], Any]) -> None:
+        """Make the call object on the loop thread and drive its awaitable to the end."""
         if self._cancel_requested:
             return  # cancel() already finished the future
-        self._request = (request, metadata, credentials, wait_for_ready, compression)
-        timeout = None
-        if self._deadline is not None:
-            timeout = self._deadline - time.monotonic()
-            if timeout <= 0:
-                self._finish(None, grpc.StatusCode.DEADLINE_EXCEEDED,
-                             "deadline exceeded before the RPC could start", None)
-                return
         try:
-            call = mc(request, timeout=timeout, metadata=metadata, credentials=credentials,
-                      wait_for_ready=wait_for_ready, compression=compression)
+            call = make()
         except Exception as exc:  # e.g. a serializer failing: the RPC fails, the loop goes on
             self._finish(None, grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}", None)
             return
         self._call = call
-        # Drive the call's awaitable by hand instead of wrapping it in a Task:
-        # it yields the call's own response task until that is done, then
-        # returns the response or raises AioRpcError / CancelledError. Same
-        # protocol asyncio uses, without a Task per RPC.
+        # Drive the awaitable by hand instead of wrapping it in a Task: it
+        # yields asyncio futures until done, then returns the response or
+        # raises AioRpcError / CancelledError. Same protocol asyncio uses,
+        # without a Task per RPC.
         self._step(call.__await__())
 
     def _step(self, it: Generator[Any, None, Any], _f: Any = None) -> None:
@@ -240,11 +223,6 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
             self._finish(stop.value, _OK, None, None)
             return
         except grpc.aio.AioRpcError as exc:
-            mc = None if self._repick is None or self._cancel_requested else self._repick(exc)
-            if mc is not None:
-                # Nothing was sent: start over on the backend repick() chose.
-                self._start(mc, *self._request)
-                return
             self._finish(None, exc.code(), exc.details(), exc)
             return
         except asyncio.CancelledError:
@@ -274,11 +252,6 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
             event = self._event
         if event is not None:
             event.set()
-        if self._on_done is not None:
-            try:
-                self._on_done(self)  # discovery's books: b.end() / core.failed(b, self)
-            except Exception:
-                log.exception("discovery: bookkeeping for %r failed", self)
         if callbacks:
             for cb in callbacks:
                 try:
@@ -421,37 +394,14 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
     __str__ = __repr__
 
 
-def future_via_loop(
-    loop: FutureLoop,
-    twin: Callable[[], AioTwin],
-    key: CallableKey,
-    request: Any,
-    timeout: float | None,
-    metadata: Any,
-    credentials: Any,
-    wait_for_ready: Any,
-    compression: Any,
-    on_done: Callable[[BridgedFuture], None] | None = None,
-    repick: Callable[[BaseException], Any] | None = None,
-) -> BridgedFuture:
-    """Start a unary-unary RPC as a grpc.aio call on ``loop``; return its future at once.
+def future_on_loop(loop: FutureLoop, make: Callable[[], Any], timeout: float | None) -> BridgedFuture:
+    """Run the call ``make()`` returns (on ``loop``'s thread) and return its future at once.
 
-    ``twin()`` is called on the loop thread and returns the picked backend's
-    :class:`AioTwin` (creating it on first use). ``on_done(fut)`` runs on the
-    loop thread when the RPC ends, before user callbacks: discovery's books.
-    ``timeout`` counts from now (time waiting for the loop counts).
-    ``repick(error)``, also on the loop thread, may return another backend's
-    multicallable to restart an RPC that failed before anything was sent.
+    ``make`` builds a grpc.aio-style call object (awaitable, with the
+    ``grpc.aio.Call`` getters); it runs on the loop thread, so it may pick a
+    backend and start grpc.aio calls there. ``timeout`` is only what
+    :meth:`BridgedFuture.time_remaining` reports; the call applies its own.
     """
-    fut = BridgedFuture(loop, timeout, on_done, repick)
-
-    def start() -> None:
-        try:
-            mc = twin().callable(key)
-        except Exception as exc:  # could not build the channel: fail this RPC, not the loop
-            fut._finish(None, grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}", None)
-            return
-        fut._start(mc, request, metadata, credentials, wait_for_ready, compression)
-
-    loop.submit(start)
+    fut = BridgedFuture(loop, timeout)
+    loop.submit(fut._run, make)
     return fut

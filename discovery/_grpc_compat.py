@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
+import grpc.aio
 from grpc import _common
 
-__all__ = ["state_reader"]
+__all__ = ["aio_state_reader", "state_reader"]
 
 _TO_CONNECTIVITY = _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
 
@@ -37,3 +38,11 @@ def state_reader(channel: grpc.Channel) -> Callable[[bool], grpc.ChannelConnecti
         return _TO_CONNECTIVITY[check(try_to_connect)]
 
     return read
+
+
+def aio_state_reader(channel: grpc.aio.Channel) -> Callable[[bool], grpc.ChannelConnectivity]:
+    """The same for a grpc.aio channel, whose ``get_state`` is public and synchronous.
+
+    Safe from any thread: it is one C-core call, which is thread-safe.
+    """
+    return channel.get_state

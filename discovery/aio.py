@@ -1,4 +1,4 @@
-"""The asyncio twin: the same balancing channel as a :class:`grpc.aio.Channel`.
+"""The asyncio channel: the same balancing as a :class:`grpc.aio.Channel`.
 
 ::
 
@@ -8,209 +8,74 @@
         stub = pb2_grpc.OrderServiceStub(channel)
         reply = await stub.GetOrder(request)
 
-The control plane is the sync channel's: the same resolver, subchannel
-manager, balancer, health checking, outlier ejection and drain, on the same
-control thread. What differs is the data plane. Each RPC is a grpc.aio call
-on a grpc.aio twin of the picked backend's channel, made on the
-application's event loop the first time that backend serves it. The sync
-backend channel keeps watching connectivity and health, so a backend that
-serves asyncio RPCs has two connections.
+Same resolvers, subchannel manager and balancers as the sync channel (one
+:class:`~discovery.core.ChannelCore` on a control thread); its own data
+plane: each backend has ONE grpc.aio channel, made on the application's
+event loop (no sync twin: health checking runs once per backend), and every
+RPC runs through :mod:`discovery.calls.aio`: retryPolicy across backends,
+hedgingPolicy, transparent re-picks, waitForReady, throttling and deadlines,
+exactly as the sync channel does them. An RPC that has to wait for a backend
+awaits the next picker; it never blocks the loop or an executor thread.
 
-Not yet in the asyncio twin: ``retryPolicy`` retries and transparent
-re-picks (an RPC's error reaches the caller as it is); channel
-``interceptors=`` (wrap the stub's calls instead).
-
-Threading: use a channel from one event loop. Picking never blocks the loop;
-an RPC that has to wait for a backend waits in the default executor.
+Threading: use a channel from one event loop (the one it was made on, or the
+first that sends an RPC through it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 
-from . import _open
-from . import channel_from_config as _sync_from_config
-from ._calls import LocalRpcError
-from ._futures import _now
+from . import _from_config, _open
+from .address import Address
 from .backend import Backend, BackendSnapshot, CallableKey
-from .balancer import Metadata
-from .channel import Channel as SyncChannel
-from .channel import ChannelSettings
+from .balancer import Balancer, Metadata
+from .calls.aio import AioStreamCall, AioUnaryCall, make_ctx
+from .config import ServiceConfig
+from .core import ChannelCore, assemble, backend_factory
+from .methodconfig import MethodConfig
+from .resolver import Resolver
+from .settings import ChannelSettings
 
 __all__ = ["Channel", "channel_from_config", "insecure_channel", "secure_channel"]
 
 _C = grpc.ChannelConnectivity
-_OK = grpc.StatusCode.OK
-
-
-class _Status:
-    """The code and details of a finished aio call, shaped for the core's books."""
-
-    __slots__ = ("_code", "_details")
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code = code
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
-def _aio_error(exc: LocalRpcError) -> grpc.aio.AioRpcError:
-    """The channel's own failure as the error type grpc.aio callers catch."""
-    empty = grpc.aio.Metadata()
-    return grpc.aio.AioRpcError(exc.code(), empty, empty, exc.details(), exc.details())
-
-
-class _Pending(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.UnaryStreamCall[Any, Any],
-               grpc.aio.StreamUnaryCall[Any, Any], grpc.aio.StreamStreamCall[Any, Any]):
-    """An RPC whose backend is not picked yet: every method waits for the real call.
-
-    The rare path (the channel is still connecting, or a ``wait_for_ready``
-    call waits for a backend). The common one returns grpc.aio's own call.
-    """
-
-    def __init__(self, start: Callable[[], Any]) -> None:
-        self._call: Any = None
-        self._task = asyncio.ensure_future(self._begin(start))
-
-    async def _begin(self, start: Callable[[], Any]) -> Any:
-        self._call = await start()
-        return self._call
-
-    async def _ready(self) -> Any:
-        return await asyncio.shield(self._task)
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        async def run() -> Any:
-            return await (await self._ready())
-
-        return run().__await__()
-
-    async def _iterate(self) -> AsyncIterator[Any]:
-        call = await self._ready()
-        async for message in call:
-            yield message
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
-
-    async def read(self) -> Any:
-        return await (await self._ready()).read()
-
-    async def write(self, request: Any) -> None:
-        await (await self._ready()).write(request)
-
-    async def done_writing(self) -> None:
-        await (await self._ready()).done_writing()
-
-    async def wait_for_connection(self) -> None:
-        await (await self._ready()).wait_for_connection()
-
-    async def _get(self, name: str) -> Any:
-        try:
-            call = await self._ready()
-        except grpc.aio.AioRpcError as exc:
-            return getattr(exc, name)()
-        except asyncio.CancelledError:
-            return grpc.StatusCode.CANCELLED if name == "code" else ("" if name == "details" else None)
-        return await getattr(call, name)()
-
-    async def initial_metadata(self) -> Any:
-        return await self._get("initial_metadata")
-
-    async def trailing_metadata(self) -> Any:
-        return await self._get("trailing_metadata")
-
-    async def code(self) -> grpc.StatusCode:
-        return await self._get("code")  # type: ignore[no-any-return]
-
-    async def details(self) -> str:
-        return await self._get("details")  # type: ignore[no-any-return]
-
-    def cancel(self) -> bool:
-        if self._call is not None:
-            return bool(self._call.cancel())
-        return self._task.cancel()
-
-    def cancelled(self) -> bool:
-        return bool(self._call.cancelled()) if self._call is not None else self._task.cancelled()
-
-    def done(self) -> bool:
-        return bool(self._call.done()) if self._call is not None else self._task.done()
-
-    def time_remaining(self) -> float | None:
-        return None if self._call is None else self._call.time_remaining()
-
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        def relay(task: asyncio.Future[Any]) -> None:
-            if self._call is not None:
-                self._call.add_done_callback(lambda _c: callback(self))
-            else:
-                callback(self)
-
-        self._task.add_done_callback(relay)
 
 
 class _MultiCallable:
-    __slots__ = ("_core", "_key", "_method")
+    __slots__ = ("_core", "_key", "_mc", "_method", "_replayable", "_stream")
 
-    def __init__(self, core: Any, kind: str, method: str, ser: Any, deser: Any, registered: bool) -> None:
+    def __init__(self, core: ChannelCore, kind: str, method: str, ser: Any, deser: Any, registered: bool) -> None:
         self._core = core
         self._method = method
         self._key: CallableKey = (kind, method, ser, deser, registered)
-
-    def _start(self, b: Backend, arg: Any, timeout: float | None, metadata: Any, credentials: Any,
-               wait_for_ready: bool | None, compression: Any) -> Any:
-        mc = b.twin_for(asyncio.get_running_loop()).callable(self._key)
-        b.begin()
-        try:
-            call = mc(arg, timeout=timeout, metadata=metadata, credentials=credentials,
-                      wait_for_ready=wait_for_ready and False, compression=compression)
-        except BaseException:
-            b.end()
-            raise
-        core = self._core
-
-        def books(c: Any) -> None:
-            # The call is done, so its status getters finish without suspending.
-            code = grpc.StatusCode.CANCELLED if c.cancelled() else _now(c.code())
-            if code is _OK:
-                b.end()
-            else:
-                core.failed(b, _Status(code, "" if c.cancelled() else _now(c.details()) or ""))
-
-        call.add_done_callback(books)
-        return call
+        self._replayable = kind in ("unary_unary", "unary_stream")
+        self._stream = kind in ("unary_stream", "stream_stream")
+        self._mc: MethodConfig | None = core.service_config.method_config(method)
 
     def _call(self, arg: Any, timeout: float | None, metadata: Metadata | None, credentials: Any,
               wait_for_ready: bool | None, compression: Any) -> Any:
         core = self._core
-        b = core.picker.pick(self._method, metadata)
-        if b is not None:
-            return self._start(b, arg, timeout, metadata, credentials, wait_for_ready, compression)
         if core.closed:
             raise asyncio.InvalidStateError("this Channel is closed")
+        loop = asyncio.get_running_loop()
+        if core.aio_loop is None:
+            core.bind_loop(loop)
 
-        async def start() -> Any:
-            loop = asyncio.get_running_loop()
-            try:
-                picked, remaining = await loop.run_in_executor(
-                    None, core.wait_pick, self._method, metadata, timeout, wait_for_ready)
-            except LocalRpcError as exc:
-                raise _aio_error(exc) from None
-            return self._start(picked, arg, remaining, metadata, credentials, wait_for_ready, compression)
+        def twin_of(b: Backend) -> Any:
+            return b.twin_for(loop)
 
-        return _Pending(start)
+        ctx = make_ctx(core, self._key, self._method, arg, timeout, metadata, credentials, wait_for_ready,
+                       compression, self._mc, twin_of)
+        if self._stream:
+            return AioStreamCall(ctx, self._replayable)
+        return AioUnaryCall(ctx, self._replayable)
 
     def __call__(self, request: Any, *, timeout: float | None = None, metadata: Metadata | None = None,
                  credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
@@ -252,17 +117,16 @@ class Channel(grpc.aio.Channel):
     block the loop.
     """
 
-    def __init__(self, sync: SyncChannel) -> None:
-        self._sync = sync
-        self._core = sync._core
+    def __init__(self, core: ChannelCore) -> None:
+        self._core = core
 
     @property
     def target(self) -> str:
-        return self._sync.target
+        return self._core.target
 
     def backends(self) -> tuple[BackendSnapshot, ...]:
         """Snapshots of the current address set, as :meth:`discovery.Channel.backends`."""
-        return self._sync.backends()
+        return tuple(b.snapshot() for b in self._core.manager.backends)
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool | None = False) -> Any:
@@ -287,8 +151,13 @@ class Channel(grpc.aio.Channel):
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """The aggregate connectivity state. Non-blocking."""
         if try_to_connect:
-            self._core.rebalance()
+            self._bind()
+            self._core.kick()
         return self._core.state
+
+    def _bind(self) -> None:
+        if self._core.aio_loop is None:
+            self._core.bind_loop(asyncio.get_running_loop())
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
         """Return once the aggregate state differs from ``last_observed_state``."""
@@ -299,11 +168,11 @@ class Channel(grpc.aio.Channel):
             if state is not last_observed_state:
                 loop.call_soon_threadsafe(lambda: None if changed.done() else changed.set_result(None))
 
-        self._sync.subscribe(on_state)
+        self._core.subscribe(on_state, False)
         try:
             await changed
         finally:
-            self._sync.unsubscribe(on_state)
+            self._core.unsubscribe(on_state)
 
     async def channel_ready(self) -> None:
         """Return once the channel is READY (asks idle backends to connect)."""
@@ -314,7 +183,16 @@ class Channel(grpc.aio.Channel):
 
     async def close(self, grace: float | None = None) -> None:
         """Close as :meth:`grpc.aio.Channel.close`: None cancels RPCs, a number lets them finish."""
-        await asyncio.get_running_loop().run_in_executor(None, self._sync.close, grace)
+        core = self._core
+        if not core.begin_close():
+            return
+        started = core.shutdown(grace)
+        loop = asyncio.get_running_loop()
+        # The control thread does the closing; this only waits for it, off the loop.
+        await loop.run_in_executor(None, started.wait, 10.0)
+        if grace is not None:
+            await loop.run_in_executor(None, core.manager.wait_drained, grace + 1.0)
+        core.finish_close()
 
     async def __aenter__(self) -> Channel:
         return self
@@ -336,7 +214,8 @@ def insecure_channel(
     settings: ChannelSettings | None = None,
 ) -> Channel:
     """:func:`discovery.insecure_channel`, as a :class:`grpc.aio.Channel`."""
-    return Channel(_open(target, None, options, compression, service_config, resolver_config, settings))
+    return _open(target, None, options, compression, service_config, resolver_config, settings,  # type: ignore[no-any-return]
+                 aio=True)
 
 
 def secure_channel(
@@ -352,10 +231,30 @@ def secure_channel(
     """:func:`discovery.secure_channel`, as a :class:`grpc.aio.Channel`."""
     if credentials is None:
         raise TypeError("secure_channel needs credentials; use insecure_channel for plaintext")
-    return Channel(_open(target, credentials, options, compression, service_config, resolver_config, settings))
+    return _open(target, credentials, options, compression, service_config, resolver_config,  # type: ignore[no-any-return]
+                 settings, aio=True)
 
 
 def channel_from_config(service: str, path: str | os.PathLike[str] | None = None, *,
                         settings: ChannelSettings | None = None) -> Channel:
     """:func:`discovery.channel_from_config`, as a :class:`grpc.aio.Channel`."""
-    return Channel(_sync_from_config(service, path, settings=settings))
+    return _from_config(service, path, settings, aio=True)  # type: ignore[no-any-return]
+
+
+def build_aio_channel(
+    *,
+    target: str,
+    resolver_factory: Callable[[ChannelCore], Resolver],
+    balancer_factory: Callable[[ChannelCore], Balancer],
+    make_channel: Callable[[Address], grpc.Channel],
+    settings: ChannelSettings,
+    service_config: ServiceConfig,
+    make_aio_channel: Callable[[Address], grpc.aio.Channel],
+) -> Channel:
+    """Assemble an asyncio channel: grpc.aio backend channels only (``make_channel`` unused)."""
+    core = ChannelCore(target, settings, service_config)
+    # Made outside a loop: bound at the first RPC or channel_ready().
+    with contextlib.suppress(RuntimeError):
+        core.aio_loop = asyncio.get_running_loop()
+    assemble(core, backend_factory(core, None, make_aio_channel), resolver_factory, balancer_factory)
+    return Channel(core)

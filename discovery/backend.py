@@ -1,9 +1,19 @@
 """One backend: a grpc channel to one address, its connectivity and its in-flight RPCs.
 
 A :class:`Backend` is created and closed only by the subchannel manager on the
-control thread. The data plane touches it through :meth:`begin`/:meth:`end`
-(in-flight accounting, a short uncontended lock) and :attr:`callables` (a
-cache of the backend channel's multicallables, so an RPC does not build one).
+control thread. The data plane touches it through :meth:`Backend.begin` /
+:meth:`Backend.end` (in-flight accounting under a short uncontended lock) and
+its multicallable caches.
+
+A backend of a sync :class:`discovery.Channel` has a sync grpc channel, plus
+a grpc.aio twin on the shared futures loop made on first use (``.future()``
+calls and hedged calls run there, see :mod:`discovery._futures`). A backend of
+a :class:`discovery.aio.Channel` has ONE grpc.aio channel, made on the
+application's event loop: no sync twin, so health checking runs once.
+
+:meth:`begin` refuses a closed backend, so an RPC that picked a backend from
+an older picker while the manager closed it is re-picked instead of failing
+with grpc's "closed channel" error.
 """
 
 from __future__ import annotations
@@ -11,18 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from ._futures import AioTwin, shared_loop
-from ._grpc_compat import state_reader
+from ._grpc_compat import aio_state_reader, state_reader
 from .address import Address
 
-__all__ = ["Backend", "BackendSnapshot"]
+__all__ = ["Backend", "BackendSnapshot", "CallableKey"]
 
 _C = grpc.ChannelConnectivity
 
@@ -42,15 +53,19 @@ class BackendSnapshot:
     ejected: bool
     in_flight: int
     weight: int = 1
+    priority: int = 0
+    zone: str = ""
+    attributes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __repr__(self) -> str:
-        flags = "" if self.healthy else " unhealthy"
-        flags += " ejected" if self.ejected else ""
-        return f"<Backend {self.address} {self.state.name}{flags} in_flight={self.in_flight}>"
+        extra = f" zone={self.zone}" if self.zone else ""
+        extra += f" priority={self.priority}" if self.priority else ""
+        return (f"<Backend {self.address} {self.state.name} healthy={self.healthy} ejected={self.ejected} "
+                f"weight={self.weight}{extra} in_flight={self.in_flight}>")
 
 
 class Backend:
-    """A grpc channel to one address plus the state balancers read.
+    """A grpc channel to one address plus the state balancers read (a :class:`SubConn`).
 
     ``state``, ``healthy`` and ``ejected`` are written only on the control
     thread and read anywhere without locks (single attribute reads are atomic).
@@ -61,107 +76,128 @@ class Backend:
         "_lock",
         "_make_aio",
         "_on_idle",
+        "_primary_loop",
         "_read_state",
         "addr",
         "address",
         "aio_twins",
         "callables",
         "channel",
+        "closed",
         "closing",
         "connect_requested",
-        "consecutive_failures",
-        "consecutive_limit",
         "ejected",
-        "failures",
         "health_checked",
         "healthy",
         "in_flight",
         "last_error",
-        "on_consecutive",
         "state",
-        "successes",
     )
 
-    def __init__(self, address: Address, channel: grpc.Channel,
-                 make_aio: Callable[[], grpc.aio.Channel] | None = None) -> None:
+    def __init__(self, address: Address, channel: grpc.Channel | None,
+                 make_aio: Callable[[], grpc.aio.Channel] | None = None, *,
+                 aio_loop: asyncio.AbstractEventLoop | None = None, health_checked: bool = False) -> None:
         self.address = address
         self.addr = address.addr
         self.channel = channel
-        self._read_state = state_reader(channel)
         self.state: grpc.ChannelConnectivity = _C.IDLE
         self.healthy = True
+        self.health_checked = health_checked
         self.ejected = False
         self.in_flight = 0
         self.last_error = ""
         self.closing = False
+        self.closed = False
         self.connect_requested = False
-        # Outcome counters for outlier detection; written under _lock by end().
-        self.successes = 0
-        self.failures = 0
-        self.consecutive_failures = 0
-        self.consecutive_limit = 0
-        self.on_consecutive: Callable[[Backend], None] | None = None
-        self.health_checked = False
         self.callables: dict[CallableKey, Any] = {}
         self._lock = threading.Lock()
         self._on_idle: Callable[[Backend], None] | None = None
-        # grpc.aio twin channels, one per event loop that sent RPCs here: the
-        # shared futures loop (discovery._futures) and, for discovery.aio,
-        # the application's loop. Each is made on first use, on its loop.
+        # grpc.aio channels, one per event loop that sends RPCs here, each
+        # made on its own loop: for a sync channel, the shared futures loop's
+        # twin; for an asyncio channel, the one channel on the app's loop.
         self._make_aio = make_aio
         self.aio_twins: dict[asyncio.AbstractEventLoop, AioTwin] = {}
+        self._primary_loop = aio_loop
+        self._read_state: Callable[[bool], grpc.ChannelConnectivity] | None = None
+        if channel is not None:
+            self._read_state = state_reader(channel)
+        elif aio_loop is not None:
+            # The aio channel must be made on its loop; until then the backend is IDLE.
+            aio_loop.call_soon_threadsafe(self._open_primary)
+
+    @property
+    def backend(self) -> Backend:
+        """The backend itself (views of it made by parent policies point here too)."""
+        return self
 
     # -- data plane -------------------------------------------------------
 
     def callable(self, key: CallableKey) -> Any:
-        """The backend channel's multicallable for ``key``, built once."""
+        """The sync backend channel's multicallable for ``key``, built once."""
         mc = self.callables.get(key)
         if mc is None:
+            assert self.channel is not None
             kind, method, ser, deser, registered = key
-            factory = getattr(self.channel, kind)
-            mc = factory(method, ser, deser, _registered_method=registered)
+            mc = getattr(self.channel, kind)(method, ser, deser, _registered_method=registered)
             self.callables[key] = mc
         return mc
 
-    def begin(self) -> None:
-        """An RPC was started on this backend."""
+    def begin(self) -> bool:
+        """Count an RPC attempt starting here; False if the backend is already closed."""
         with self._lock:
+            if self.closed:
+                return False
             self.in_flight += 1
+            return True
 
-    def end(self, failed: bool = False) -> None:
-        """An RPC on this backend ended; ``failed`` if its status counts as a failure."""
+    def end(self) -> None:
+        """An attempt that :meth:`begin` counted has ended. Any thread."""
         with self._lock:
             self.in_flight -= 1
             drained = self.closing and self.in_flight == 0
-            if failed:
-                self.failures += 1
-                self.consecutive_failures += 1
-                hit = self.consecutive_failures == self.consecutive_limit
-            else:
-                self.successes += 1
-                self.consecutive_failures = 0
-                hit = False
-        if hit and self.on_consecutive is not None:
-            self.on_consecutive(self)
         if drained and self._on_idle is not None:
             self._on_idle(self)
 
-    def take_counts(self) -> tuple[int, int]:
-        """(successes, failures) since the last call, resetting both. Any thread."""
-        with self._lock:
-            out = (self.successes, self.failures)
-            self.successes = self.failures = 0
-            return out
+    def twin(self) -> AioTwin:
+        """The twin on the shared futures loop. That loop's thread only."""
+        return self.twin_for(shared_loop().loop)
+
+    def twin_for(self, loop: asyncio.AbstractEventLoop) -> AioTwin:
+        """The backend's grpc.aio channel for ``loop``, made on first use. ``loop``'s thread only."""
+        twin = self.aio_twins.get(loop)
+        if twin is None:
+            if self._make_aio is None:
+                raise RuntimeError(f"backend {self.addr} has no grpc.aio channel factory")
+            twin = self.aio_twins[loop] = AioTwin(self._make_aio())
+        return twin
 
     # -- control plane ----------------------------------------------------
+
+    def _open_primary(self) -> None:
+        # On the app's loop: make the one aio channel, unless closed meanwhile.
+        if self.closed or self._primary_loop is None:
+            return
+        twin = self.twin_for(self._primary_loop)
+        self._read_state = aio_state_reader(twin.channel)
+        if self.connect_requested:
+            self._read_state(True)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give an asyncio channel's backend its event loop (learned at the first RPC)."""
+        if self._primary_loop is None and self.channel is None:
+            self._primary_loop = loop
+            loop.call_soon_threadsafe(self._open_primary)
 
     def connect(self) -> None:
         """Ask an IDLE channel to connect. Non-blocking."""
         self.connect_requested = True
-        self._read_state(True)
+        if self._read_state is not None:
+            self._read_state(True)
 
     def poll(self) -> bool:
         """Re-read connectivity; True if it changed. Non-blocking."""
+        if self._read_state is None:
+            return False
         new = self._read_state(False)
         if new is not _C.IDLE:
             self.connect_requested = False
@@ -184,23 +220,25 @@ class Backend:
             self._on_idle = on_idle
             return self.in_flight == 0
 
-    def twin(self) -> AioTwin:
-        """The twin on the shared futures loop. That loop's thread only."""
-        return self.twin_for(shared_loop().loop)
-
-    def twin_for(self, loop: asyncio.AbstractEventLoop) -> AioTwin:
-        """The backend's grpc.aio twin channel for ``loop``, made on first use. ``loop``'s thread only."""
-        twin = self.aio_twins.get(loop)
-        if twin is None:
-            if self._make_aio is None:
-                raise RuntimeError(f"backend {self.addr} has no grpc.aio channel factory")
-            twin = self.aio_twins[loop] = AioTwin(self._make_aio())
-        return twin
+    def try_close_idle(self) -> bool:
+        """Close at once if nothing is in flight; atomically with :meth:`begin`. Control thread."""
+        with self._lock:
+            if self.in_flight:
+                return False
+            self.closed = True
+        self._close_channels()
+        return True
 
     def close(self) -> None:
         """Close the channel and its aio twins (cancels anything still in flight)."""
+        with self._lock:
+            self.closed = True
+        self._close_channels()
+
+    def _close_channels(self) -> None:
         self._on_idle = None
-        self.channel.close()
+        if self.channel is not None:
+            self.channel.close()
         for loop, twin in list(self.aio_twins.items()):
             # A twin's channel belongs to its loop: close it there. A loop
             # that has already stopped took its channels with it.
@@ -209,8 +247,9 @@ class Backend:
         self.aio_twins.clear()
 
     def snapshot(self) -> BackendSnapshot:
+        a = self.address
         return BackendSnapshot(self.addr, self.state, self.healthy, self.ejected, self.in_flight,
-                               self.address.weight)
+                               a.weight, a.priority, a.zone, a.attributes)
 
     def __repr__(self) -> str:
         return f"<Backend {self.addr} {self.state.name}>"

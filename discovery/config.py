@@ -30,7 +30,6 @@ from .methodconfig import (
     lookup_method_config,
 )
 from .resolver import ResolverOptions
-from .target import parse_target
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -336,11 +335,12 @@ def _entry(name: str, raw: Any, src: str) -> ServiceEntry:
     _expect(isinstance(target, str) and bool(target.strip()), "a target URI string", target, src,
             f"{base}.target")
     try:
-        scheme = parse_target(target).scheme
+        # A bare host:port gets gRPC's default scheme, dns, as in the channel factories.
+        parsed_target = registry.resolve_target(target)
     except ConfigError as exc:
         raise ConfigError(str(exc), source=src, key_path=f"{base}.target") from exc
     try:
-        resolver_builder = registry.get_resolver(scheme)
+        resolver_builder = registry.get_resolver(parsed_target.scheme)
     except DiscoveryError as exc:
         raise ConfigError(str(exc), source=src, key_path=f"{base}.target") from exc
     options = raw.get("options", {})
@@ -355,7 +355,7 @@ def _entry(name: str, raw: Any, src: str) -> ServiceEntry:
     resolver = raw.get("resolver", {})
     _expect(isinstance(resolver, Mapping), "a table of resolver options", resolver, src, f"{base}.resolver")
     try:
-        resolver_builder.check(parse_target(target), ResolverOptions(config=dict(resolver)))
+        resolver_builder.check(parsed_target, ResolverOptions(config=dict(resolver)))
     except TargetError as exc:
         raise ConfigError(str(exc), source=src, key_path=f"{base}.target") from exc
     except ConfigError as exc:

@@ -39,15 +39,28 @@ class Timer:
 class ControlLoop:
     """Runs submitted callables and due timers on one daemon thread, in order.
 
-    ``submit`` and ``call_later`` are thread-safe and never block. Exceptions
-    from a callable are logged and do not stop the loop.
+    Two kinds of timer: :meth:`call_later` runs on real time (connectivity
+    polls, drain grace: the machinery that talks to grpc), and
+    :meth:`call_later_clock` on the injected ``clock`` (policy and resolver
+    intervals: what tests move by hand). With an injected clock that is not
+    the system's, the loop re-reads it at least every 0.1 s of real time, so
+    a test's ``advance()`` fires due timers promptly.
+
+    ``submit``, ``call_later`` and ``call_later_clock`` are thread-safe and
+    never block. An exception from a callable goes to ``on_error`` (default:
+    logged) and never stops the loop.
     """
 
-    def __init__(self, name: str, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, name: str, clock: Clock = SYSTEM_CLOCK,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        self._real = SYSTEM_CLOCK
         self._clock = clock
+        self._fake = clock is not SYSTEM_CLOCK
+        self._on_error = on_error
         self._wake = threading.Event()
         self._queue: deque[Callable[[], None]] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
+        self._clock_timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._timers_lock = threading.Lock()
         self._stopped = False
@@ -56,7 +69,12 @@ class ControlLoop:
 
     @property
     def clock(self) -> Clock:
+        """The injected clock (what :meth:`call_later_clock` measures)."""
         return self._clock
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     def in_loop(self) -> bool:
         """True when called from the loop's own thread."""
@@ -68,10 +86,20 @@ class ControlLoop:
         self._wake.set()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
-        """Run ``fn`` on the loop thread once ``delay`` seconds of the clock pass."""
-        t = Timer(self._clock.monotonic() + max(0.0, delay), fn)
+        """Run ``fn`` on the loop thread once ``delay`` seconds of real time pass."""
+        t = Timer(self._real.monotonic() + max(0.0, delay), fn)
         with self._timers_lock:
             heapq.heappush(self._timers, (t.deadline, next(self._seq), t))
+        self._wake.set()
+        return t
+
+    def call_later_clock(self, delay: float, fn: Callable[[], None]) -> Timer:
+        """Run ``fn`` on the loop thread once ``delay`` seconds of the injected clock pass."""
+        if not self._fake:
+            return self.call_later(delay, fn)
+        t = Timer(self._clock.monotonic() + max(0.0, delay), fn)
+        with self._timers_lock:
+            heapq.heappush(self._clock_timers, (t.deadline, next(self._seq), t))
         self._wake.set()
         return t
 
@@ -84,34 +112,47 @@ class ControlLoop:
 
     def _next_timeout(self) -> float | None:
         with self._timers_lock:
-            while self._timers and self._timers[0][2].cancelled:
-                heapq.heappop(self._timers)
-            if not self._timers:
-                return None
-            return max(0.0, self._timers[0][0] - self._clock.monotonic())
+            for heap in (self._timers, self._clock_timers):
+                while heap and heap[0][2].cancelled:
+                    heapq.heappop(heap)
+            timeout = None if not self._timers else max(0.0, self._timers[0][0] - self._real.monotonic())
+            if self._clock_timers:
+                # Fake time does not pass by itself: look again soon.
+                timeout = 0.1 if timeout is None else min(timeout, 0.1)
+            return timeout
+
+    @staticmethod
+    def _due(heap: list[tuple[float, int, Timer]], now: float, out: list[Timer]) -> None:
+        while heap and heap[0][0] <= now:
+            out.append(heapq.heappop(heap)[2])
 
     def _run(self) -> None:
         while True:
             timeout = self._next_timeout()
             if timeout is None or timeout > 0:
-                self._clock.wait(self._wake, timeout)
+                self._wake.wait(timeout)
             self._wake.clear()
             while self._queue:
                 self._call(self._queue.popleft())
             if self._stopped:
                 return
-            now = self._clock.monotonic()
             due: list[Timer] = []
             with self._timers_lock:
-                while self._timers and self._timers[0][0] <= now:
-                    due.append(heapq.heappop(self._timers)[2])
+                self._due(self._timers, self._real.monotonic(), due)
+                if self._clock_timers:
+                    self._due(self._clock_timers, self._clock.monotonic(), due)
             for t in due:
                 if not t.cancelled:
                     self._call(t.fn)
 
-    @staticmethod
-    def _call(fn: Callable[[], None]) -> None:
+    def _call(self, fn: Callable[[], None]) -> None:
         try:
             fn()
-        except Exception:
-            log.exception("control loop callback %r failed", fn)
+        except Exception as exc:
+            if self._on_error is None:
+                log.exception("control loop callback %r failed", fn)
+                return
+            try:
+                self._on_error(exc)
+            except Exception:
+                log.exception("control loop error handler failed")

@@ -55,7 +55,18 @@ class UnknownPolicyError(ConfigError):
 
 
 class PluginError(DiscoveryError):
-    """A plugin could not be registered (a name clash, or not a builder)."""
+    """A plugin cannot be used: it fails to import, is not a builder, or clashes on registration.
+
+    ``plugin`` names the scheme or policy (None for a registration clash);
+    ``missing_module`` the module whose import failed, when that is the cause
+    (``"dns"`` when dnspython is not installed), so a caller can say what to
+    install.
+    """
+
+    def __init__(self, message: str, *, plugin: str | None = None, missing_module: str | None = None):
+        self.plugin = plugin
+        self.missing_module = missing_module
+        super().__init__(message)
 
 
 class ResolverError(DiscoveryError):

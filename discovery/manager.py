@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable, Iterable
 
 import grpc
-import grpc.aio
 
 from .address import Address, ResolverState
 from .backend import Backend
@@ -41,16 +40,12 @@ class SubchannelManager:
     def __init__(
         self,
         loop: ControlLoop,
-        make_channel: Callable[[Address], grpc.Channel],
+        make_backend: Callable[[Address], Backend],
         *,
         drain_grace: float = 30.0,
-        configure: Callable[[Backend], None] | None = None,
-        make_aio_channel: Callable[[Address], grpc.aio.Channel] | None = None,
     ) -> None:
         self._loop = loop
-        self._make_aio_channel = make_aio_channel
-        self._configure = configure
-        self._make_channel = make_channel
+        self._make_backend = make_backend
         self.drain_grace = drain_grace
         self.backends: tuple[Backend, ...] = ()
         self._by_addr: dict[str, Backend] = {}
@@ -65,11 +60,16 @@ class SubchannelManager:
         with self._drain_cond:
             return tuple(self._draining)
 
-    def update(self, state: ResolverState) -> bool:
-        """Reconcile with ``state``; True if the backend set changed in any way."""
+    def update(self, state: ResolverState) -> tuple[bool, list[Backend]]:
+        """Reconcile with ``state``: (whether the backend set changed, the removed backends).
+
+        Applied whole or not at all: if making a channel fails, the channels
+        made so far are closed, nothing changes and the error propagates (so
+        the same state pushed again is tried again). The caller publishes a
+        picker without the removed backends first, then calls :meth:`drain`.
+        """
         if state == self._state:
-            return False
-        self._state = state
+            return False, []
         # Phase 1: the diff, no I/O. Duplicate addresses keep their first entry.
         wanted: dict[str, Address] = {}
         for a in state.addresses:
@@ -78,41 +78,50 @@ class SubchannelManager:
         added = [a for key, a in wanted.items() if key not in old]
         removed = [b for key, b in old.items() if key not in wanted]
         # Phase 2: channel I/O.
+        fresh: dict[str, Backend] = {}
+        try:
+            for a in added:
+                fresh[a.addr] = self._create(a)
+        except BaseException:
+            for b in fresh.values():
+                b.close()
+            raise
+        self._state = state
         new_by_addr: dict[str, Backend] = {}
-        fresh = {a.addr: self._create(a) for a in added}
         changed = bool(added or removed)
         for key, a in wanted.items():
-            b = old.get(key)
-            if b is None:
-                b = fresh[key]
-            elif b.address != a:
+            kept = old.get(key)
+            if kept is None:
+                kept = fresh[key]
+            elif kept.address != a:
                 # Same endpoint, new weight/attributes: no channel churn.
-                b.address = a
+                kept.address = a
                 changed = True
-            new_by_addr[key] = b
+            new_by_addr[key] = kept
         if not changed and tuple(new_by_addr) == tuple(old):
-            return False
+            return False, []
         self._by_addr = new_by_addr
         self.backends = tuple(new_by_addr.values())
+        return True, removed
+
+    def drain(self, removed: Iterable[Backend]) -> None:
+        """Start draining backends :meth:`update` removed (after the new picker is out)."""
         for b in removed:
             self._drain(b)
-        return True
 
     def _create(self, address: Address) -> Backend:
+        b = self._make_backend(address)
         self.created += 1
-        make_aio = self._make_aio_channel
-        b = Backend(address, self._make_channel(address),
-                    None if make_aio is None else (lambda: make_aio(address)))
-        if self._configure is not None:
-            self._configure(b)
         b.poll()
         return b
 
     def _drain(self, b: Backend) -> None:
-        if b.start_drain(self._drained_elsewhere):
-            self._close(b)
+        # try_close_idle is atomic with Backend.begin: an RPC holding an old
+        # picker either got in first (and is waited for) or is refused and re-picks.
+        if b.start_drain(self._drained_elsewhere) and b.try_close_idle():
+            self.closed += 1
             return
-        timer = self._loop.call_later(self.drain_grace, lambda: self._grace_over(b))
+        timer = self._loop.call_later_clock(self.drain_grace, lambda: self._grace_over(b))
         with self._drain_cond:
             self._draining[b] = timer
 
@@ -133,7 +142,7 @@ class SubchannelManager:
             self._drain_cond.notify_all()
         if timer is not None:
             timer.cancel()
-        if b.channel is not None:
+        if not b.closed:
             self.closed += 1
             b.close()
 
@@ -142,13 +151,9 @@ class SubchannelManager:
         with self._drain_cond:
             return self._drain_cond.wait_for(lambda: not self._draining, timeout)
 
-    def poll(self, backends: Iterable[Backend] | None = None) -> bool:
-        """Re-read connectivity of ``backends`` (default all); True if any changed."""
-        changed = False
-        for b in self.backends if backends is None else backends:
-            if not b.closing and b.poll():
-                changed = True
-        return changed
+    def poll(self, backends: Iterable[Backend] | None = None) -> list[Backend]:
+        """Re-read connectivity of ``backends`` (default all); the ones that changed."""
+        return [b for b in (self.backends if backends is None else backends) if not b.closing and b.poll()]
 
     def watched(self) -> list[Backend]:
         """Backends in a transition worth polling quickly.

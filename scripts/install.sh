@@ -14,4 +14,6 @@ if { ! command -v knotd && [ ! -x /usr/sbin/knotd ]; } >/dev/null 2>&1 || ! comm
   $SUDO apt-get install -y -qq --no-install-recommends knot openssl >/dev/null
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e plugins/dns
+# compat mode puts the source tree on sys.path through a plain .pth line, which mypy
+# (run from a plugin's own directory) can follow; the default import-hook mode it cannot.
+python3 -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev]' -e plugins/dns

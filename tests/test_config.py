@@ -172,3 +172,68 @@ def test_bad_resolver_options_fail_before_anything_starts(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="resolver.weights"):
         discovery.channel_from_config("a", path)
     assert threading.active_count() <= before  # no control thread left running
+
+
+STATIC_TOML = """
+[services.orders]
+target = "static:///{a},{b}"
+[services.orders.resolver]
+weights = [3, 1]
+[services.orders.resolver.endpoints."{a}"]
+priority = 0
+zone = "eu-1a"
+attributes = {{ version = "v2", tags = ["blue", "canary"] }}
+[services.orders.resolver.endpoints."{b}"]
+priority = 1
+zone = "eu-1b"
+"""
+
+STATIC_YAML = """
+services:
+  orders:
+    target: static:///{a},{b}
+    resolver:
+      weights: [3, 1]
+      endpoints:
+        "{a}": {{priority: 0, zone: eu-1a, attributes: {{version: v2, tags: [blue, canary]}}}}
+        "{b}": {{priority: 1, zone: eu-1b}}
+"""
+
+
+@pytest.mark.parametrize(("suffix", "template"), [(".toml", STATIC_TOML), (".yaml", STATIC_YAML)])
+def test_static_weights_and_endpoints_from_a_config_file(tmp_path: Path, start_backends, suffix: str,
+                                                         template: str) -> None:  # type: ignore[no-untyped-def]
+    from discovery import ResolverOptions, get_resolver, parse_target
+    from discovery.testing import RecordingListener, wait_ready
+
+    a, b = start_backends(2)
+    path = tmp_path / f"discovery{suffix}"
+    path.write_text(template.format(a=a.addr, b=b.addr))
+    entry = load_config_file(path)["orders"]
+    # What the static resolver publishes from the file's (frozen) resolver table.
+    listener = RecordingListener()
+    get_resolver("static").build(parse_target(entry.target), listener, ResolverOptions(config=entry.resolver)).close()
+    assert listener.last is not None
+    first, second = listener.last.addresses
+    assert (first.weight, first.priority, first.zone) == (3, 0, "eu-1a")
+    assert dict(first.attributes) == {"version": "v2", "tags": ("blue", "canary")}
+    assert (second.weight, second.priority, second.zone, dict(second.attributes)) == (1, 1, "eu-1b", {})
+    # And the channel the file describes works, its backends carrying the weights.
+    with discovery.channel_from_config("orders", path) as ch:
+        wait_ready(ch, 2)
+        assert {s.address: s.weight for s in ch.backends()} == {a.addr: 3, b.addr: 1}
+        assert EchoStub(ch).Unary(b"", timeout=10) in {a.name.encode(), b.name.encode()}
+
+
+def test_static_endpoints_in_a_config_file_name_the_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[services.a]\ntarget = "static:///127.0.0.1:1"\n'
+                    '[services.a.resolver.endpoints."127.0.0.1:2"]\nweight = 1\n')
+    with pytest.raises(ConfigError) as info:
+        load_config_file(path)
+    assert str(path) in str(info.value)
+    assert info.match(r'services.a.resolver: resolver.endpoints."127.0.0.1:2": not an address of the target')
+    path.write_text('[services.a]\ntarget = "static:///127.0.0.1:1"\n'
+                    '[services.a.resolver.endpoints."127.0.0.1:1"]\nzone = 5\n')
+    with pytest.raises(ConfigError, match=r'resolver.endpoints."127.0.0.1:1".zone: expected a string, got 5'):
+        load_config_file(path)

@@ -8,7 +8,10 @@ in a row, default 5, 0 turns it off) and ``failureStatusCodes`` (which statuses
 count as failures; UNAVAILABLE, INTERNAL, UNKNOWN and DEADLINE_EXCEEDED by
 default).
 
-An ejected backend stays connected but the child's pickers skip it. It comes
+Outcomes are counted from the ``done`` callback of every pick the child's
+pickers make, on every call shape. An ejected backend stays connected; the
+child sees it as unhealthy (as gRFC A50 hides it), so any child policy,
+third-party ones included, skips it without knowing about ejection. It comes
 back after ``baseEjectionTime`` x (times ejected), capped at
 ``max(baseEjectionTime, maxEjectionTime)``; each interval without an ejection
 lowers that multiplier again. Ejections stop while ``maxEjectionPercent`` of
@@ -20,16 +23,33 @@ from __future__ import annotations
 import logging
 import random
 import statistics
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import grpc
 
-from ..balancer import DEFAULT_FAILURE_CODES, Balancer, BalancerBuilder, BalancerHelper, SubConn
-from ..config import parse_duration, select_policy
+from ..balancer import (
+    DEFAULT_FAILURE_CODES,
+    Balancer,
+    BalancerBuilder,
+    BalancerHelper,
+    BalancerState,
+    DelegatingHelper,
+    DoneInfo,
+    ErrorPicker,
+    Metadata,
+    Picker,
+    PickResult,
+    QueuePicker,
+    SubConn,
+    SubConnView,
+    build_child,
+)
+from ..config import select_policy
+from ..durations import parse_duration
 from ..errors import ConfigError
-from ..registry import get_balancer
 
 __all__ = ["OutlierDetectionBuilder", "OutlierDetectionConfig"]
 
@@ -83,125 +103,216 @@ def _section(raw: Any, path: str, keys: set[str]) -> Mapping[str, Any]:
     return raw
 
 
-class _State:
-    __slots__ = ("ejected_at", "multiplier")
+class _Stats:
+    """One backend's outcome counters, written by ``done`` callbacks on RPC threads."""
+
+    __slots__ = ("consecutive", "failures", "lock", "successes")
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.successes = 0
+        self.failures = 0
+        self.consecutive = 0
+
+    def take(self) -> tuple[int, int]:
+        with self.lock:
+            out = (self.successes, self.failures)
+            self.successes = self.failures = 0
+            return out
+
+
+class _State:
+    __slots__ = ("ejected_at", "multiplier", "stats", "view")
+
+    def __init__(self, view: SubConnView) -> None:
+        self.view = view
+        self.stats = _Stats()
         self.ejected_at: float | None = None
         self.multiplier = 0
 
 
+class _Picker(Picker):
+    """The child's picker, with each pick's ``done`` wrapped to count its outcome."""
+
+    __slots__ = ("_child", "_od", "queue", "reason")
+
+    def __init__(self, child: Picker, od: OutlierDetection) -> None:
+        self._child = child
+        self._od = od
+        self.queue = child.queue
+        self.reason = child.reason
+
+    def pick(self, method: str, metadata: Metadata | None) -> PickResult | None:
+        r = self._child.pick(method, metadata)
+        if r is None:
+            return None
+        st = self._od.by_backend.get(r.subconn.backend)
+        if st is None:  # a backend the child kept from an older address set
+            return r
+        record = st.stats
+        od = self._od
+        inner = r.done
+
+        def done(info: DoneInfo) -> None:
+            od.record(st, record, info)
+            if inner is not None:
+                inner(info)
+
+        return PickResult(r.subconn, done)
+
+
+class _ChildHelper(DelegatingHelper):
+    def __init__(self, od: OutlierDetection) -> None:
+        super().__init__(od.helper)
+        self._od = od
+
+    def update_picker(self, state: grpc.ChannelConnectivity, picker: Picker) -> None:
+        if not isinstance(picker, ErrorPicker | QueuePicker):
+            picker = _Picker(picker, self._od)
+        self._od.helper.update_picker(state, picker)
+
+
 class OutlierDetection(Balancer):
+    """Counts every attempt's outcome through the child's pickers and hides ejected
+    backends from the child (as unhealthy), so any child policy works unchanged."""
+
     def __init__(self, helper: BalancerHelper, cfg: OutlierDetectionConfig) -> None:
-        self._helper = helper
+        self.helper = helper
         self._cfg = cfg
-        builder = get_balancer(cfg.child)
-        self._child = builder.build(helper, cfg.child_config)
-        self._backends: tuple[SubConn, ...] = ()
+        self._child = build_child(_ChildHelper(self), cfg.child, cfg.child_config)
         self._states: dict[str, _State] = {}
+        # Read by pickers on RPC threads: replaced whole, never mutated.
+        self.by_backend: dict[object, _State] = {}
         self._closed = False
         self.ticks = 0  # intervals evaluated so far (tests wait on it)
-        helper.track_outcomes(cfg.failure_codes, cfg.consecutive_errors,
-                              self._on_consecutive if cfg.consecutive_errors else None)
         self._timer = helper.schedule(cfg.interval, self._tick)
 
     # -- Balancer -----------------------------------------------------------
 
-    def update(self, backends: Sequence[SubConn]) -> None:
-        self._backends = tuple(backends)
-        live = {b.address.addr for b in backends}
+    def update_state(self, state: BalancerState) -> None:
+        live = {sc.addr: sc for sc in state.subconns}
         for addr in list(self._states):
             if addr not in live:
                 del self._states[addr]
-        for b in backends:
-            st = self._states.setdefault(b.address.addr, _State())
-            # A backend object re-created for a known address keeps its ejection.
-            b.ejected = st.ejected_at is not None
-        self._child.update(self._backends)
+        views = []
+        for addr, sc in live.items():
+            st = self._states.get(addr)
+            if st is None or st.view.inner is not sc:
+                old = st
+                st = self._states[addr] = _State(SubConnView(sc))
+                if old is not None:
+                    # A backend object re-created for a known address keeps its ejection.
+                    st.ejected_at, st.multiplier = old.ejected_at, old.multiplier
+                    st.view.excluded = old.view.excluded
+                    if st.view.excluded:
+                        self.helper.report_ejection(sc, True)
+            views.append(st.view)
+        self.by_backend = {st.view.backend: st for st in self._states.values()}
+        self._child.update_state(BalancerState(tuple(views), state.resolver_state, self._cfg.child_config))
+
+    def subconn_state(self, subconn: SubConn) -> None:
+        st = self._states.get(subconn.addr)
+        if st is not None:
+            self._child.subconn_state(st.view)
+
+    def resolver_error(self, error: Exception) -> None:
+        self._child.resolver_error(error)
 
     def close(self) -> None:
         self._closed = True
         self._timer.cancel()
         self._child.close()
 
-    # -- ejection -----------------------------------------------------------
+    # -- outcomes (any thread) ------------------------------------------------
+
+    def record(self, st: _State, stats: _Stats, info: DoneInfo) -> None:
+        failed = info.code in self._cfg.failure_codes
+        limit = self._cfg.consecutive_errors
+        with stats.lock:
+            if failed:
+                stats.failures += 1
+                stats.consecutive += 1
+                hit = stats.consecutive == limit
+            else:
+                stats.successes += 1
+                stats.consecutive = 0
+                hit = False
+        if hit:
+            # Ejection changes what the child sees: that is control-thread work.
+            self.helper.schedule(0.0, lambda: self._on_consecutive(st))
+
+    # -- ejection (control thread) ----------------------------------------------
 
     def _may_eject(self) -> bool:
-        n = len(self._backends)
-        ejected = sum(1 for b in self._backends if b.ejected)
+        n = len(self._states)
+        ejected = sum(1 for st in self._states.values() if st.view.excluded)
         return n > 0 and ejected * 100 < self._cfg.max_ejection_percent * n
 
-    def _eject(self, b: SubConn, why: str) -> None:
-        st = self._states.setdefault(b.address.addr, _State())
-        st.ejected_at = self._helper.clock.monotonic()
+    def _set_excluded(self, st: _State, excluded: bool) -> None:
+        st.view.excluded = excluded
+        with st.stats.lock:
+            st.stats.consecutive = 0
+        self.helper.report_ejection(st.view.inner, excluded)
+        self._child.subconn_state(st.view)
+
+    def _eject(self, st: _State, why: str) -> None:
+        st.ejected_at = self.helper.clock.monotonic()
         st.multiplier += 1
-        b.ejected = True
-        b.consecutive_failures = 0
-        log.warning("ejecting backend %s for %.0fs: %s", b.address.addr, self._ejection_time(st), why)
+        log.warning("ejecting backend %s of %s for %.0fs: %s", st.view.addr, self.helper.target,
+                    self._ejection_time(st), why, extra={"target": self.helper.target, "backend": st.view.addr})
+        self._set_excluded(st, True)
 
     def _ejection_time(self, st: _State) -> float:
         cfg = self._cfg
         return min(cfg.base_ejection * st.multiplier, max(cfg.base_ejection, cfg.max_ejection))
 
-    def _on_consecutive(self, b: SubConn) -> None:
-        if self._closed or b.ejected or b not in self._backends or not self._may_eject():
+    def _on_consecutive(self, st: _State) -> None:
+        if self._closed or st.view.excluded or self._states.get(st.view.addr) is not st or not self._may_eject():
             return
-        self._eject(b, f"{self._cfg.consecutive_errors} consecutive failures")
-        self._child.update(self._backends)
+        self._eject(st, f"{self._cfg.consecutive_errors} consecutive failures")
 
     def _tick(self) -> None:
         if self._closed:
             return
         cfg = self._cfg
-        counts = {b: b.take_counts() for b in self._backends}
-        changed = False
+        counts = {st: st.stats.take() for st in self._states.values()}
         if cfg.success_rate is not None:
-            changed |= self._success_rate(cfg.success_rate, counts)
+            self._success_rate(cfg.success_rate, counts)
         if cfg.failure_percentage is not None:
-            changed |= self._failure_percentage(cfg.failure_percentage, counts)
-        now = self._helper.clock.monotonic()
-        for b in self._backends:
-            st = self._states.get(b.address.addr)
-            if st is None:
-                continue
+            self._failure_percentage(cfg.failure_percentage, counts)
+        now = self.helper.clock.monotonic()
+        for st in list(self._states.values()):
             if st.ejected_at is None:
                 st.multiplier = max(0, st.multiplier - 1)
             elif now >= st.ejected_at + self._ejection_time(st):
                 st.ejected_at = None
-                b.ejected = False
-                b.consecutive_failures = 0
-                changed = True
-                log.info("backend %s returns from ejection", b.address.addr)
-        if changed:
-            self._child.update(self._backends)
+                log.info("backend %s of %s returns from ejection", st.view.addr, self.helper.target,
+                         extra={"target": self.helper.target, "backend": st.view.addr})
+                self._set_excluded(st, False)
         self.ticks += 1
-        self._timer = self._helper.schedule(cfg.interval, self._tick)
+        self._timer = self.helper.schedule(cfg.interval, self._tick)
 
-    def _success_rate(self, sr: SuccessRate, counts: dict[SubConn, tuple[int, int]]) -> bool:
-        volume = {b: s + f for b, (s, f) in counts.items() if s + f >= sr.request_volume}
+    def _success_rate(self, sr: SuccessRate, counts: dict[_State, tuple[int, int]]) -> None:
+        volume = {st: s + f for st, (s, f) in counts.items() if s + f >= sr.request_volume}
         if len(volume) < sr.minimum_hosts:
-            return False
-        rates = {b: counts[b][0] / v for b, v in volume.items()}
+            return
+        rates = {st: counts[st][0] / v for st, v in volume.items()}
         mean = statistics.fmean(rates.values())
         threshold = mean - statistics.pstdev(rates.values()) * sr.stdev_factor
-        changed = False
-        for b, rate in rates.items():
-            if rate < threshold and not b.ejected and self._may_eject() and random.randrange(100) < sr.enforcement:
-                self._eject(b, f"success rate {rate:.1%} below {threshold:.1%}")
-                changed = True
-        return changed
+        for st, rate in rates.items():
+            if (rate < threshold and not st.view.excluded and self._may_eject()
+                    and random.randrange(100) < sr.enforcement):
+                self._eject(st, f"success rate {rate:.1%} below {threshold:.1%}")
 
-    def _failure_percentage(self, fp: FailurePercentage, counts: dict[SubConn, tuple[int, int]]) -> bool:
-        volume = {b: s + f for b, (s, f) in counts.items() if s + f >= fp.request_volume}
+    def _failure_percentage(self, fp: FailurePercentage, counts: dict[_State, tuple[int, int]]) -> None:
+        volume = {st: s + f for st, (s, f) in counts.items() if s + f >= fp.request_volume}
         if len(volume) < fp.minimum_hosts:
-            return False
-        changed = False
-        for b, v in volume.items():
-            pct = 100 * counts[b][1] / v
-            if pct > fp.threshold and not b.ejected and self._may_eject() and random.randrange(100) < fp.enforcement:
-                self._eject(b, f"{pct:.0f}% of {v} RPCs failed (threshold {fp.threshold}%)")
-                changed = True
-        return changed
+            return
+        for st, v in volume.items():
+            pct = 100 * counts[st][1] / v
+            if (pct > fp.threshold and not st.view.excluded and self._may_eject()
+                    and random.randrange(100) < fp.enforcement):
+                self._eject(st, f"{pct:.0f}% of {v} RPCs failed (threshold {fp.threshold}%)")
 
 
 class OutlierDetectionBuilder(BalancerBuilder):

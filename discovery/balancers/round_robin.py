@@ -1,12 +1,13 @@
-"""``round_robin``: every pickable backend in turn; idle backends are asked to connect.
+"""``round_robin``: every usable backend in turn; idle backends are asked to connect.
 
 Options beyond gRPC's (which has none): ``panicThreshold`` (percent, default
 50, 0 turns panic off) and ``panicMode`` (``"spread"``, the default, or
-``"fail"``). When fewer than ``panicThreshold`` % of the backends are
-pickable, Envoy's panic mode applies: ``spread`` sends RPCs to every connected
-backend, outlier-ejected ones included; ``fail`` fails RPCs fast with an
-error saying so (Envoy's ``fail_traffic_on_panic``). Backends failing their
-health check are never picked: grpcio's core refuses RPCs to them.
+``"fail"``). When fewer than ``panicThreshold`` % of the backends that have
+settled are usable, Envoy's panic mode applies: ``spread`` sends RPCs to
+every connected backend, outlier-ejected ones included; ``fail`` fails RPCs
+fast with an error saying so (Envoy's ``fail_traffic_on_panic``). Backends
+failing their health check are never picked: grpcio's core refuses RPCs to
+them.
 """
 
 from __future__ import annotations
@@ -19,19 +20,9 @@ from typing import Any, ClassVar
 
 import grpc
 
-from ..balancer import (
-    Balancer,
-    BalancerBuilder,
-    BalancerHelper,
-    ErrorPicker,
-    Metadata,
-    Picker,
-    QueuePicker,
-    SubConn,
-    describe_states,
-)
+from ..balancer import Balancer, BalancerBuilder, BalancerHelper, ErrorPicker, Metadata, Picker, PickResult, SubConn
+from ..balancer.base import BaseBalancer, PickerInfo
 from ..errors import ConfigError
-from .pick_first import pickable
 
 __all__ = ["Panic", "RoundRobinBuilder", "RoundRobinPicker", "select_with_panic"]
 
@@ -40,7 +31,7 @@ _C = grpc.ChannelConnectivity
 
 @dataclass(frozen=True, slots=True)
 class Panic:
-    """Envoy's panic threshold (percent of backends pickable) and what to do below it."""
+    """Envoy's panic threshold (percent of backends usable) and what to do below it."""
 
     threshold: int = 50
     mode: str = "spread"
@@ -56,23 +47,22 @@ class Panic:
         return cls(int(t), mode)
 
 
-def select_with_panic(backends: Sequence[SubConn], panic: Panic) -> tuple[list[SubConn], str]:
-    """The backends a picker may use, and a reason when there are none.
+def select_with_panic(info: PickerInfo, panic: Panic) -> tuple[Sequence[SubConn], str]:
+    """The backends a picker may use, and a reason when panic mode acts (else "").
 
-    Below the panic threshold, ``spread`` mode widens the set to every READY
-    backend (ignoring ejection); ``fail`` mode empties it.
+    Below the panic threshold, ``spread`` widens the set to every READY
+    backend (ignoring outlier ejection); ``fail`` empties it.
     """
-    chosen = [b for b in backends if pickable(b)]
+    ready, subconns = info.ready, info.subconns
     # Backends still connecting have not shown whether they are usable; they
     # count for neither side, so a channel that is starting up is not in panic.
-    n = sum(1 for b in backends if b.state is _C.READY or b.state is _C.TRANSIENT_FAILURE)
-    if panic.threshold and n and len(chosen) * 100 < panic.threshold * n:
-        why = f"panic: {len(chosen)} of {n} backends usable, below the {panic.threshold}% threshold"
+    n = sum(1 for b in subconns if b.state is _C.READY or b.state is _C.TRANSIENT_FAILURE)
+    if panic.threshold and n and len(ready) * 100 < panic.threshold * n:
+        why = f"panic: {len(ready)} of {n} backends usable, below the {panic.threshold}% threshold"
         if panic.mode == "fail":
-            return [], why
-        wider = [b for b in backends if b.state is _C.READY and b.healthy]
-        return wider, why + ("" if wider else f"; {describe_states(backends)}")
-    return chosen, describe_states(backends)
+            return (), why
+        return tuple(b for b in subconns if b.state is _C.READY), why
+    return ready, ""
 
 
 class RoundRobinPicker(Picker):
@@ -80,48 +70,41 @@ class RoundRobinPicker(Picker):
 
     ``next()`` on an :func:`itertools.count` is atomic under the GIL, so
     concurrent picks need no lock. The start is random so that many clients
-    do not all hit the first backend together (as gRPC does).
+    do not all hit the first backend together (as gRPC does). The results
+    are built once, so a pick allocates nothing.
     """
 
-    __slots__ = ("_backends", "_counter", "_n")
+    __slots__ = ("_counter", "_n", "_results")
 
-    def __init__(self, backends: Sequence[SubConn]) -> None:
-        self._backends = tuple(backends)
-        self._n = len(self._backends)
+    def __init__(self, subconns: Sequence[SubConn]) -> None:
+        self._results = tuple(PickResult(sc) for sc in subconns)
+        self._n = len(self._results)
         self._counter = itertools.count(random.randrange(self._n) if self._n else 0)
 
-    def pick(self, method: str, metadata: Metadata | None) -> SubConn | None:
-        return self._backends[next(self._counter) % self._n]
+    def pick(self, method: str, metadata: Metadata | None) -> PickResult | None:
+        return self._results[next(self._counter) % self._n]
 
 
-class RoundRobin(Balancer):
-    def __init__(self, helper: BalancerHelper, panic: Panic) -> None:
-        self._helper = helper
+class _Builder:
+    """round_robin's picker builder: keeps its picker while the chosen backends stay the same."""
+
+    __slots__ = ("_last", "_panic")
+
+    def __init__(self, panic: Panic) -> None:
         self._panic = panic
-        self._last: tuple[SubConn, ...] | None = None
+        self._last: tuple[tuple[SubConn, ...], Picker] | None = None
 
-    def update(self, backends: Sequence[SubConn]) -> None:
-        connecting = False
-        for b in backends:
-            if b.state is _C.IDLE:
-                b.connect()
-                connecting = True
-            elif b.state is _C.CONNECTING:
-                connecting = True
-        chosen, reason = select_with_panic(backends, self._panic)
-        if chosen:
-            key = tuple(chosen)
-            # An unchanged set keeps the current picker, so its rotation (and
-            # the per-backend spread) is not reset by unrelated updates.
-            if key != self._last:
-                self._last = key
-                self._helper.update_picker(_C.READY, RoundRobinPicker(key))
-            return
-        self._last = None
-        if connecting:
-            self._helper.update_picker(_C.CONNECTING, QueuePicker(reason))
-        else:
-            self._helper.update_picker(_C.TRANSIENT_FAILURE, ErrorPicker(reason))
+    def __call__(self, info: PickerInfo) -> Picker | None:
+        chosen, why = select_with_panic(info, self._panic)
+        if not chosen:
+            self._last = None
+            # Panic "fail" says so; with nothing connected at all, panic changes
+            # nothing and the base explains the backends' states instead.
+            return ErrorPicker(why) if why and self._panic.mode == "fail" else None
+        key = tuple(chosen)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, RoundRobinPicker(key))
+        return self._last[1]
 
 
 class RoundRobinBuilder(BalancerBuilder):
@@ -130,9 +113,9 @@ class RoundRobinBuilder(BalancerBuilder):
     def parse_config(self, config: Mapping[str, Any], *, key_path: str) -> Panic:
         unknown = set(config) - {"panicThreshold", "panicMode"}
         if unknown:
-            raise ConfigError(f"unknown option(s) {sorted(unknown)} for round_robin; "
+            raise ConfigError(f"unknown option(s) {sorted(map(str, unknown))} for round_robin; "
                               "expected panicThreshold, panicMode", key_path=key_path)
         return Panic.parse(config, key_path)
 
     def build(self, helper: BalancerHelper, config: Any) -> Balancer:
-        return RoundRobin(helper, config if isinstance(config, Panic) else Panic())
+        return BaseBalancer(helper, _Builder(config if isinstance(config, Panic) else Panic()))

@@ -9,14 +9,60 @@ or ``ipv6:``. A missing port is gRPC's default, 443.
 from __future__ import annotations
 
 import ipaddress
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
-from ..address import Address, ResolverState
+from ..address import Address, Attributes, ResolverState
 from ..errors import ConfigError, TargetError
 from ..resolver import Resolver, ResolverBuilder, ResolverListener, ResolverOptions
 from ..target import Target, parse_host_port
 
 __all__ = ["IPv4ResolverBuilder", "IPv6ResolverBuilder", "StaticResolver", "StaticResolverBuilder"]
+
+_KEYS = ("weights", "endpoints")
+_ENDPOINT_KEYS = ("weight", "priority", "zone", "attributes")
+_SCALARS = (str, int, float, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as the user wrote it (a config file's frozen tuples and mappings shown as lists and dicts)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _canonical(host: str, port: int) -> tuple[str, int]:
+    """How two spellings of one address compare: IPs in their canonical form, names case-insensitively."""
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        return host.lower().rstrip("."), port
+
+
+def _attributes(value: Any, path: str) -> Attributes:
+    """Endpoint attributes: a table of strings, numbers, booleans or lists of them (kept as tuples)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"expected a table such as {{version = \"v2\"}}, got {_plain(value)!r}", key_path=path)
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"expected string keys, got {k!r}", key_path=path)
+        if isinstance(v, Sequence) and not isinstance(v, str):
+            if not all(isinstance(item, _SCALARS) for item in v):
+                raise ConfigError(f"expected a list of strings, numbers or booleans, got {_plain(v)!r}",
+                                  key_path=f"{path}.{k}")
+            v = tuple(v)
+        elif not isinstance(v, _SCALARS):
+            raise ConfigError(f"expected a string, number, boolean or a list of them, got {_plain(v)!r}",
+                              key_path=f"{path}.{k}")
+        out[k] = v
+    return Attributes(out)
 
 
 class StaticResolver(Resolver):
@@ -30,7 +76,20 @@ class StaticResolver(Resolver):
 
 
 class StaticResolverBuilder(ResolverBuilder):
-    """``static:///host:port,host:port``. Options: ``weights`` (list, one per address)."""
+    """``static:///host:port,host:port``.
+
+    Options (``resolver_config=`` or a config file's ``resolver`` table):
+
+    - ``weights``: a list of non-negative integers, one per address in target order;
+    - ``endpoints``: per-address data keyed by an address of the target,
+      ``{"10.0.0.1:50051": {"weight": 3, "priority": 0, "zone": "eu-1a",
+      "attributes": {"version": "v2"}}}``; each key optional. These become
+      the :class:`~discovery.address.Address` fields balancers read.
+
+    An unknown key, an address not in the target or a bad value is a
+    ConfigError naming the key path. :meth:`check` and :meth:`build` validate
+    the same way; neither blocks.
+    """
 
     scheme: ClassVar[str] = "static"
     family: ClassVar[int | None] = None
@@ -70,24 +129,82 @@ class StaticResolverBuilder(ResolverBuilder):
 
     def _addresses(self, target: Target, options: ResolverOptions) -> tuple[Address, ...]:
         addrs = self.parse(target)
-        unknown = set(options.config) - {"weights"}
+        config = options.config
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"expected a table of resolver options, got {type(config).__name__}",
+                              key_path="resolver")
+        unknown = sorted(str(k) for k in config if k not in _KEYS)
         if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)}; expected: weights", key_path="resolver")
-        weights = options.config.get("weights")
+            raise ConfigError(f"unknown key(s) {unknown}; expected some of: {', '.join(_KEYS)}",
+                              key_path="resolver")
+        # Per address: the Address fields the options set (weights and endpoints).
+        fields: list[dict[str, Any]] = [{} for _ in addrs]
+        weights = config.get("weights")
         if weights is not None:
+            # A config file hands lists over as tuples (the parsed file is frozen):
+            # any sequence but a string is a list here.
             if (
-                not isinstance(weights, list)
+                isinstance(weights, str | bytes)
+                or not isinstance(weights, Sequence)
                 or len(weights) != len(addrs)
-                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in weights)
+                or not all(_is_count(w) for w in weights)
             ):
                 raise ConfigError(
-                    f"expected a list of {len(addrs)} non-negative integers, got {weights!r}",
+                    f"expected a list of {len(addrs)} non-negative integers, got {_plain(weights)!r}",
                     key_path="resolver.weights",
                 )
-            addrs = tuple(
-                Address(a.host, a.port, weight=w) for a, w in zip(addrs, weights, strict=True)
-            )
-        return addrs
+            for f, w in zip(fields, weights, strict=True):
+                f["weight"] = w
+        if "endpoints" in config:
+            self._endpoints(target, addrs, config["endpoints"], fields, weights is not None)
+        return tuple(Address(a.host, a.port, **f) if f else a for a, f in zip(addrs, fields, strict=True))
+
+    def _endpoints(self, target: Target, addrs: tuple[Address, ...], table: Any, fields: list[dict[str, Any]],
+                   have_weights: bool) -> None:
+        """Apply ``endpoints = {"host:port" = {weight, priority, zone, attributes}}`` to ``fields``."""
+        if not isinstance(table, Mapping):
+            raise ConfigError(f'expected a table of {{"host:port" = {{weight, priority, zone, attributes}}}}, '
+                              f"got {_plain(table)!r}", key_path="resolver.endpoints")
+        index = {_canonical(a.host, a.port): i for i, a in enumerate(addrs)}
+        known = ", ".join(a.addr for a in addrs)
+        for key, spec in table.items():
+            path = f'resolver.endpoints."{key}"'
+            if not isinstance(key, str):
+                raise ConfigError(f"expected an address of the target as the key, got {key!r}", key_path=path)
+            try:
+                host, port = parse_host_port(key, 443)
+            except TargetError as exc:
+                raise ConfigError(f"not an address: {exc}", key_path=path) from exc
+            i = index.get(_canonical(host, port))
+            if i is None:
+                raise ConfigError(f"not an address of the target; its addresses are: {known}", key_path=path)
+            if not isinstance(spec, Mapping):
+                raise ConfigError(f"expected a table of {', '.join(_ENDPOINT_KEYS)}, got {_plain(spec)!r}",
+                                  key_path=path)
+            unknown = sorted(str(k) for k in spec if k not in _ENDPOINT_KEYS)
+            if unknown:
+                raise ConfigError(f"unknown key(s) {unknown}; expected some of: {', '.join(_ENDPOINT_KEYS)}",
+                                  key_path=path)
+            f = fields[i]
+            if "weight" in spec:
+                if have_weights:
+                    raise ConfigError("the weight of this address is also given by resolver.weights; "
+                                      "give it in one place", key_path=f"{path}.weight")
+                if not _is_count(spec["weight"]):
+                    raise ConfigError(f"expected a non-negative integer, got {spec['weight']!r}",
+                                      key_path=f"{path}.weight")
+                f["weight"] = spec["weight"]
+            if "priority" in spec:
+                if not _is_count(spec["priority"]):
+                    raise ConfigError(f"expected a non-negative integer (0 is the preferred tier), "
+                                      f"got {spec['priority']!r}", key_path=f"{path}.priority")
+                f["priority"] = spec["priority"]
+            if "zone" in spec:
+                if not isinstance(spec["zone"], str):
+                    raise ConfigError(f"expected a string, got {spec['zone']!r}", key_path=f"{path}.zone")
+                f["zone"] = spec["zone"]
+            if "attributes" in spec:
+                f["attributes"] = _attributes(spec["attributes"], f"{path}.attributes")
 
     def default_authority(self, target: Target) -> str | None:
         # An address list is not a service name; each backend sees its own address.

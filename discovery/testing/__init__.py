@@ -18,7 +18,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -30,11 +29,15 @@ from ..target import Target
 
 __all__ = [
     "FakeClock",
+    "FakeHelper",
     "FakeSubConn",
     "ManualResolver",
     "ManualResolverBuilder",
     "RecordingListener",
     "addresses",
+    "finish",
+    "pick_all",
+    "update",
     "wait_for",
     "wait_ready",
 ]
@@ -293,24 +296,5 @@ class ManualResolverBuilder(ResolverBuilder):
             return self.resolvers[-1]
 
 
-@dataclass(eq=False)
-class FakeSubConn:
-    """A backend stand-in for balancer tests; ``connect()`` is recorded."""
-
-    address: Address
-    state: grpc.ChannelConnectivity = grpc.ChannelConnectivity.IDLE
-    healthy: bool = True
-    ejected: bool = False
-    in_flight: int = 0
-    connects: int = field(default=0)
-    successes: int = 0
-    failures: int = 0
-    consecutive_failures: int = 0
-
-    def connect(self) -> None:
-        self.connects += 1
-
-    def take_counts(self) -> tuple[int, int]:
-        out = (self.successes, self.failures)
-        self.successes = self.failures = 0
-        return out
+# Re-exported at the end: balancing imports nothing from this module.
+from .balancing import FakeHelper, FakeSubConn, finish, pick_all, update  # noqa: E402

@@ -13,7 +13,9 @@ from discovery.errors import ResolverError
 from discovery.resolver import PollingResolver, ResolverBuilder, ResolverListener, ResolverOptions
 from discovery.target import Target
 
+from . import _hosts
 from ._config import DEFAULT_PORT, DnsConfig, DnsTarget, parse_config, parse_target, service_domain
+from ._hosts import HostsFile
 from ._lookup import Lookup, Querier, resolve_host_set, resolve_srv
 
 __all__ = ["DnsResolver", "DnsResolverBuilder"]
@@ -139,23 +141,31 @@ class DnsResolver(PollingResolver):
         if self._querier is None:
             server = self._target.server
             if server is None:
-                factory = self._resolver_factory or _system_resolver
-                try:
-                    res = factory()
-                except Exception as exc:
-                    raise ResolverError(f"cannot read the system DNS configuration: {exc}") from exc
-                res.lifetime = self._config.timeout
-                res.timeout = min(res.timeout, self._config.timeout)
-                shown = ", ".join(str(ns) for ns in res.nameservers) or "the system resolver"
-                self._querier = Querier(res, search=True, server=shown)
+                path = self._config.hosts_file
+                hosts = HostsFile(_hosts.DEFAULT_HOSTS_FILE if path is None else path) if path != "" else None
+                self._querier = Querier(self._system_dns, search=True, hosts=hosts)
             else:
-                res = dns.resolver.Resolver(configure=False)
-                res.nameservers = [server[0]]
-                res.port = server[1]
-                res.timeout = self._config.timeout
-                res.lifetime = self._config.timeout
-                self._querier = Querier(res, search=False, server=format_host_port(*server))
+                self._querier = Querier(lambda: self._explicit_dns(server), search=False)
         return self._querier
+
+    def _system_dns(self) -> tuple[dns.resolver.Resolver, str]:
+        factory = self._resolver_factory or _system_resolver
+        try:
+            res = factory()
+        except Exception as exc:
+            raise ResolverError(f"cannot read the system DNS configuration: {exc}") from exc
+        res.lifetime = self._config.timeout
+        res.timeout = min(res.timeout, self._config.timeout)
+        return res, ", ".join(str(ns) for ns in res.nameservers) or "the system resolver"
+
+    def _explicit_dns(self, server: tuple[str, int]) -> tuple[dns.resolver.Resolver, str]:
+        # Only this server: no resolv.conf, no search list, no hosts file.
+        res = dns.resolver.Resolver(configure=False)
+        res.nameservers = [server[0]]
+        res.port = server[1]
+        res.timeout = self._config.timeout
+        res.lifetime = self._config.timeout
+        return res, format_host_port(*server)
 
     def _lookup(self) -> Lookup:
         q = self._querier_for()
@@ -169,14 +179,18 @@ class DnsResolver(PollingResolver):
 class DnsResolverBuilder(ResolverBuilder):
     """Builds :class:`DnsResolver` for ``dns:`` targets.
 
-    ``dns:///host[:port]`` uses the system's DNS configuration;
-    ``dns://SERVER[:PORT]/host[:port]`` asks that server (port 53 by default,
-    IPv6 in brackets). The port defaults to 443; an IP literal resolves to
-    itself without a query. ``dns:///_grpc._tcp.orders.internal`` (no port,
-    first label starting with ``_``) is an SRV lookup.
+    ``dns:///host[:port]`` uses the system's configuration: a name the hosts
+    file (``/etc/hosts``, or the ``hosts_file`` option) lists is answered from
+    it, as the system resolver does, and other names are asked of the DNS
+    servers in ``/etc/resolv.conf``. ``dns://SERVER[:PORT]/host[:port]`` asks
+    that server only (port 53 by default, IPv6 in brackets), never the hosts
+    file. The port defaults to 443; an IP literal resolves to itself without
+    a query. ``dns:///_grpc._tcp.orders.internal`` (no port, first label
+    starting with ``_``) is an SRV lookup.
 
     Options (``[services.x.resolver]``): ``server``, ``min_interval``,
-    ``max_interval``, ``timeout``, ``srv`` and ``families``; see the README.
+    ``max_interval``, ``timeout``, ``srv``, ``families`` and ``hosts_file``;
+    see the README.
     """
 
     scheme = "dns"

@@ -1,0 +1,173 @@
+"""Blocking calls on the caller's thread: unary requests, and server streams as iterators.
+
+The hot path (no method config, the first pick works, the attempt succeeds)
+is one picker read, one dict lookup, two uncontended lock operations and the
+grpc call: :class:`~discovery.attempts.Attempts` is made only once an attempt
+fails or a policy needs it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from .._calls import LocalRpcError, ReplayableStream
+from ..attempts import Attempts, effective_deadline
+from ..balancer import Metadata, PickResult
+from ..methodconfig import MethodConfig
+from .books import end_attempt
+
+if TYPE_CHECKING:
+    from ..backend import CallableKey
+    from ..core import ChannelCore
+
+__all__ = ["blocking_unary", "start_stream", "wait_for_ready_of"]
+
+_OK = grpc.StatusCode.OK
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def wait_for_ready_of(wait_for_ready: bool | None, mc: MethodConfig | None) -> bool | None:
+    """The call's own ``wait_for_ready`` wins; else the method config's (gRPC's rule)."""
+    if wait_for_ready is not None or mc is None:
+        return wait_for_ready
+    return mc.wait_for_ready
+
+
+def _new_attempts(core: ChannelCore, mc: MethodConfig | None, deadline: float | None,
+                  wfr: bool | None) -> Attempts:
+    return Attempts(mc, core.throttle, deadline, wfr, len(core.manager.backends) + 1)
+
+
+def _pick(core: ChannelCore, method: str, metadata: Metadata | None, att: Attempts | None,
+          deadline: float | None, wfr: bool | None) -> PickResult:
+    tried = None if att is None else att.tried
+    r = core.picker.pick(method, metadata) if not tried else core.pick_avoiding(method, metadata, tried)
+    if r is None or core.closed:
+        r = core.wait_pick(method, metadata, deadline, wfr, tried)
+    return r
+
+
+def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: bool, request: Any,
+                   timeout: float | None, metadata: Metadata | None, credentials: grpc.CallCredentials | None,
+                   wait_for_ready: bool | None, compression: grpc.Compression | None,
+                   mc: MethodConfig | None, replayable: bool) -> Any:
+    """One unary-request RPC with re-picks and retries, on this thread. Returns what
+    grpc's ``__call__`` (or ``with_call``) would; raises its :class:`grpc.RpcError`."""
+    deadline = effective_deadline(timeout, mc, time.monotonic()) if (timeout is not None or mc is not None) else None
+    wfr = wait_for_ready_of(wait_for_ready, mc)
+    att = None if mc is None or (mc.retry is None and mc.timeout is None) else _new_attempts(core, mc, deadline, wfr)
+    while True:
+        pr = _pick(core, method, metadata, att, deadline, wfr)
+        b = pr.subconn.backend
+        if not b.begin():
+            # Closed under us by an address-set change: never sent, re-pick.
+            att = att or _new_attempts(core, mc, deadline, wfr)
+            att.tried.append(b)
+            if att.after_failure(_UNAVAILABLE, None, refused=True) is None:
+                raise LocalRpcError(_UNAVAILABLE, core.explain(core.picker))
+            continue
+        mcall = b.callables.get(key) or b.callable(key)
+        t0 = time.perf_counter()
+        if att is None:
+            attempt_timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        else:
+            attempt_timeout = att.attempt_timeout()
+        try:
+            # wait_for_ready is the channel's job: a backend that just failed
+            # must not hold the RPC while others could serve it.
+            if pr.done is None and not with_call:
+                result = mcall(request, attempt_timeout, metadata, credentials, False, compression)
+                trailing: Any = ()
+            else:
+                response, call = mcall.with_call(request, attempt_timeout, metadata, credentials, False, compression)
+                trailing = call.trailing_metadata()
+                result = (response, call) if with_call else response
+        except grpc.RpcError as exc:
+            code, details = exc.code(), exc.details()
+            trailing = exc.trailing_metadata()
+            end_attempt(core, pr, t0, code, details, trailing)
+            if not replayable:
+                # A request iterator may be partly consumed already: never replayed.
+                raise
+            att = att or _new_attempts(core, mc, deadline, wfr)
+            att.tried.append(b)
+            delay = att.after_failure(code, details, trailing)
+            if delay is None:
+                raise
+            if delay > 0:
+                threading.Event().wait(delay)
+            continue
+        end_attempt(core, pr, t0, _OK, None, trailing)
+        if att is not None:
+            att.succeeded()
+        return result
+
+
+def start_stream(core: ChannelCore, key: CallableKey, method: str, request: Any, timeout: float | None,
+                 metadata: Metadata | None, credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
+                 compression: grpc.Compression | None, mc: MethodConfig | None, replayable: bool) -> Any:
+    """Start a streaming-response call; a unary request is replayed on another backend
+    (transparent re-pick, or ``retryPolicy``) until the first response message."""
+    deadline = effective_deadline(timeout, mc, time.monotonic())
+    wfr = wait_for_ready_of(wait_for_ready, mc)
+    att = _new_attempts(core, mc, deadline, wfr)
+    try:
+        call = _start_one(core, key, method, request, metadata, credentials, compression, att, deadline, wfr)
+    except LocalRpcError as exc:
+        return exc
+    if not replayable:
+        return call
+
+    def restart(tried: list[Any], exc: grpc.RpcError, attempt: int) -> tuple[Any, int] | None:
+        code, details = exc.code(), exc.details()
+        delay = att.after_failure(code, details, exc.trailing_metadata())
+        if delay is None:
+            return None
+        if delay > 0:
+            threading.Event().wait(delay)
+        try:
+            new_call = _start_one(core, key, method, request, metadata, credentials, compression, att,
+                                            deadline, wfr)
+        except LocalRpcError:
+            return None
+        return new_call, attempt + 1
+
+    return ReplayableStream(call, restart, att.tried)
+
+
+def _start_one(core: ChannelCore, key: CallableKey, method: str, arg: Any, metadata: Metadata | None,
+               credentials: grpc.CallCredentials | None, compression: grpc.Compression | None, att: Attempts,
+               deadline: float | None, wfr: bool | None) -> Any:
+    """Pick, begin and start one non-blocking attempt; its books close when the call ends."""
+    while True:
+        pr = _pick(core, method, metadata, att, deadline, wfr)
+        b = pr.subconn.backend
+        att.tried.append(b)
+        if b.begin():
+            break
+        if att.after_failure(_UNAVAILABLE, None, refused=True) is None:
+            raise LocalRpcError(_UNAVAILABLE, core.explain(core.picker))
+    mcall = b.callables.get(key) or b.callable(key)
+    t0 = time.perf_counter()
+    try:
+        call = mcall(arg, att.attempt_timeout(), metadata, credentials, False, compression)
+    except BaseException:
+        b.end()
+        raise
+    call.add_done_callback(_closer(core, pr, t0))
+    return call
+
+
+def _closer(core: ChannelCore, pr: PickResult, t0: float) -> Callable[[Any], None]:
+    def done(call: Any) -> None:
+        code = call.code()
+        if code is _OK:
+            end_attempt(core, pr, t0, _OK, None, call.trailing_metadata() if pr.done is not None else ())
+        else:
+            end_attempt(core, pr, t0, code, call.details(), call.trailing_metadata())
+    return done

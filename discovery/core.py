@@ -1,0 +1,468 @@
+"""The shared state of one balancing channel: picker, control plane, listeners, waiters.
+
+:class:`ChannelCore` is what the sync :class:`discovery.Channel` and the
+asyncio :class:`discovery.aio.Channel` are facades over. It is the resolver's
+listener and the balancer's helper, owns the control loop (one thread per
+channel that runs every resolver update, connectivity change and policy timer
+in order, like grpc-go's callback serialiser), and publishes the picker the
+data plane reads without a lock.
+
+Threading rules: ``picker`` is replaced whole by the control thread and read
+by every RPC. Blocking waiters wait on ``cond``; asyncio waiters register a
+future that is resolved on its own loop. Nothing here blocks the data plane
+except :meth:`wait_pick`, which an RPC calls only when nothing can be picked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from ._calls import LocalRpcError
+from .address import Address, ResolverState
+from .attempts import RetryThrottle
+from .backend import Backend
+from .balancer import (
+    Balancer,
+    BalancerState,
+    Cancellable,
+    ErrorPicker,
+    Metadata,
+    Picker,
+    PickResult,
+    QueuePicker,
+    SubConn,
+)
+from .clock import Clock
+from .config import ServiceConfig
+from .control import ControlLoop, Timer
+from .errors import ResolverError
+from .manager import SubchannelManager
+from .resolver import Resolver
+from .settings import ChannelSettings
+
+__all__ = ["ChannelCore", "assemble", "backend_factory"]
+
+log = logging.getLogger("discovery.channel")
+
+_C = grpc.ChannelConnectivity
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+class ChannelCore:
+    """One channel's control plane and the data plane's shared state."""
+
+    def __init__(self, target: str, settings: ChannelSettings, service_config: ServiceConfig) -> None:
+        self.target = target
+        self.settings = settings
+        self.service_config = service_config
+        self.picker: Picker = QueuePicker("resolving the target")
+        self.state: grpc.ChannelConnectivity = _C.IDLE
+        self.cond = threading.Condition(threading.Lock())
+        self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.closed = False
+        self.loop = ControlLoop(f"discovery-control {target}", clock=settings.clock, on_error=self._control_failed)
+        self.manager: SubchannelManager  # set by the assembler
+        self.balancer: Balancer
+        self.resolver: Resolver | None = None
+        self.resolver_note = ""
+        self.resolver_error = ""
+        self._logged_resolver_error = ""
+        self.conn_error = ""
+        self.has_state = False
+        self._resolver_state = ResolverState(())
+        self.throttle: RetryThrottle | None = None
+        if service_config.throttling is not None:
+            self.throttle = RetryThrottle(service_config.throttling.max_tokens, service_config.throttling.token_ratio)
+        self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
+        self._poll_timer: Timer | None = None
+        self._poll_due = 0.0
+        self._next_full_poll = 0.0
+        self._ejected: set[str] = set()
+        # The event loop of an asyncio channel, once known (its backends' channels live there).
+        self.aio_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- ResolverListener (any thread) ------------------------------------
+
+    def update_state(self, state: ResolverState) -> None:
+        self.loop.submit(lambda: self._on_resolver_state(state))
+
+    def report_error(self, error: ResolverError) -> None:
+        self.loop.submit(lambda: self._on_resolver_error(error))
+
+    # -- BalancerHelper (control thread, except schedule) -------------------
+
+    @property
+    def clock(self) -> Clock:
+        return self.settings.clock
+
+    def update_picker(self, state: grpc.ChannelConnectivity, picker: Picker) -> None:
+        with self.cond:
+            if self.closed:
+                return
+            self.picker = picker
+            self.cond.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        _wake_all(waiters)
+        self._set_state(state)
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> Cancellable:
+        """Run ``fn`` on the control thread after ``delay`` seconds of the injected clock.
+
+        Thread-safe, so a ``done`` callback may use it to hand work to the control thread.
+        """
+        return self.loop.call_later_clock(delay, lambda: None if self.closed else fn())
+
+    def resolve_now(self) -> None:
+        resolver = self.resolver
+        if resolver is not None and not self.closed:
+            resolver.resolve_now()
+
+    def report_ejection(self, subconn: SubConn, ejected: bool) -> None:
+        b = subconn.backend
+        b.ejected = ejected
+        (self._ejected.add if ejected else self._ejected.discard)(b.addr)
+
+    # -- control thread ---------------------------------------------------
+
+    def make_backend_hook(self, b: Backend) -> Backend:
+        # A backend re-created for an address that a policy had ejected keeps the mark.
+        b.ejected = b.addr in self._ejected
+        return b
+
+    def _on_resolver_state(self, state: ResolverState) -> None:
+        if self.closed:
+            return
+        try:
+            changed, removed = self.manager.update(state)
+        except Exception as exc:
+            # A state the manager cannot apply (an address grpc refuses) is a
+            # resolver error: the last good set stays, whole.
+            log.exception("cannot apply the address set of %s", self.target, extra={"target": self.target})
+            self._on_resolver_error(ResolverError(f"cannot use the resolved addresses: {exc}"))
+            return
+        self.resolver_note = state.note
+        self.resolver_error = ""
+        self._logged_resolver_error = ""
+        if changed or not self.has_state:
+            self.has_state = True
+            self._resolver_state = state
+            self.balancer.update_state(
+                BalancerState(self.manager.backends, state, self.service_config.policy_config))
+            self.manager.drain(removed)
+            self._schedule_poll()
+
+    def _on_resolver_error(self, error: ResolverError) -> None:
+        if self.closed:
+            return
+        self.resolver_error = str(error)
+        if self.resolver_error != self._logged_resolver_error:
+            # Logged once per change: a registry that stays down does not flood the log.
+            self._logged_resolver_error = self.resolver_error
+            log.warning("resolver error for %s (keeping the last good address set): %s", self.target, error,
+                        extra={"target": self.target})
+        self.balancer.resolver_error(error)
+        if not self.has_state:
+            # Nothing good was ever resolved: fail fast rather than queue forever.
+            self.update_picker(_C.TRANSIENT_FAILURE, ErrorPicker("resolver error"))
+
+    def _control_failed(self, exc: BaseException) -> None:
+        # A bug in a policy or plugin must not leave RPCs waiting for a picker
+        # that never comes: they fail with the error until the next good picker.
+        log.error("control loop of %s failed", self.target, exc_info=exc, extra={"target": self.target})
+        if not self.closed:
+            self.update_picker(_C.TRANSIENT_FAILURE,
+                               ErrorPicker(f"internal error in the channel's control loop: {exc!r}"))
+
+    def _schedule_poll(self) -> None:
+        """Make sure the next poll comes soon enough for the current transitions."""
+        s = self.settings
+        now = time.monotonic()
+        delay = s.fast_poll if self.manager.watched() else max(0.0, self._next_full_poll - now) or s.slow_poll
+        due = now + delay
+        if self._poll_timer is not None and not self._poll_timer.cancelled and self._poll_due <= due:
+            return
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+        self._poll_due = due
+        self._poll_timer = self.loop.call_later(delay, self._poll)
+
+    def _poll(self) -> None:
+        if self.closed:
+            return
+        self._poll_timer = None
+        now = time.monotonic()
+        if now >= self._next_full_poll:
+            self._next_full_poll = now + self.settings.slow_poll
+            changed = self.manager.poll()
+        else:
+            changed = self.manager.poll(self.manager.watched())
+        try:
+            for b in changed:
+                self.balancer.subconn_state(b)
+        finally:
+            self._schedule_poll()
+
+    def recheck(self, backend: Backend) -> None:
+        """After an attempt failed on ``backend``: re-read it now, ask for re-resolution."""
+        def run() -> None:
+            if self.closed or backend.closing:
+                return
+            if backend.poll():
+                self.balancer.subconn_state(backend)
+                self._schedule_poll()
+            if self.resolver is not None:
+                self.resolver.resolve_now()
+        self.loop.submit(run)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """An asyncio channel learned its loop: open its backends' channels there. Any thread."""
+        if self.aio_loop is not None:
+            return
+        self.aio_loop = loop
+
+        def run() -> None:
+            for b in self.manager.backends:
+                b.bind_loop(loop)
+            self._schedule_poll()
+        self.loop.submit(run)
+
+    def kick(self) -> None:
+        """Ask idle backends to connect (``try_to_connect``), from any thread."""
+        def run() -> None:
+            if self.closed or not self.has_state:
+                return
+            for b in self.manager.backends:
+                if b.state is _C.IDLE:
+                    b.connect()
+            self._schedule_poll()
+        self.loop.submit(run)
+
+    def _set_state(self, state: grpc.ChannelConnectivity) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        for cb in list(self._subscribers):
+            self._notify(cb, state)
+
+    @staticmethod
+    def _notify(cb: Callable[[grpc.ChannelConnectivity], None], state: grpc.ChannelConnectivity) -> None:
+        try:
+            cb(state)
+        except Exception:
+            log.exception("connectivity callback %r failed", cb)
+
+    def subscribe(self, cb: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool) -> None:
+        def run() -> None:
+            self._subscribers.append(cb)
+            self._notify(cb, self.state)
+        self.loop.submit(run)
+        if try_to_connect:
+            self.kick()
+
+    def unsubscribe(self, cb: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        def run() -> None:
+            if cb in self._subscribers:
+                self._subscribers.remove(cb)
+        self.loop.submit(run)
+
+    # -- data plane helpers (any thread) ----------------------------------
+
+    def explain(self, picker: Picker) -> str:
+        parts = [f"no backend available for {self.target}: {picker.reason}"]
+        if self.resolver_note:
+            parts.append(self.resolver_note)
+        if self.resolver_error:
+            parts.append(f"last resolver error: {self.resolver_error}")
+        if self.conn_error and "last connection error" not in picker.reason:
+            parts.append(f"last connection error: {self.conn_error}")
+        return "; ".join(parts)
+
+    def no_pick_error(self, picker: Picker, deadline_passed: bool) -> LocalRpcError:
+        if self.closed:
+            return LocalRpcError(grpc.StatusCode.CANCELLED, "the channel is closed")
+        if deadline_passed:
+            return LocalRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                 "deadline exceeded while waiting for a backend: " + self.explain(picker))
+        return LocalRpcError(_UNAVAILABLE, self.explain(picker))
+
+    def pick_avoiding(self, method: str, metadata: Metadata | None, tried: list[Any]) -> PickResult | None:
+        """A pick whose backend is not in ``tried`` when the picker offers one (at most
+        len(tried)+1 picks), else the last pick; None if nothing can be picked. Never blocks."""
+        picker = self.picker
+        r = picker.pick(method, metadata)
+        if not tried or r is None:
+            return r
+        for _ in range(len(tried)):
+            if r is None or r.subconn.backend not in tried:
+                break
+            r = picker.pick(method, metadata)
+        return r
+
+    def wait_pick(self, method: str, metadata: Metadata | None, deadline: float | None,
+                  wait_for_ready: bool | None, tried: list[Any] | None = None) -> PickResult:
+        """Block until a backend can be picked, or raise the RPC's :class:`LocalRpcError`.
+
+        Fail-fast RPCs wait only while the channel is still connecting
+        (``picker.queue``); ``wait_for_ready`` ones until the deadline.
+        """
+        with self.cond:
+            while True:
+                if self.closed:
+                    # What grpcio raises for an RPC on a closed sync channel.
+                    raise ValueError("Cannot invoke RPC on closed channel!")
+                picker = self.picker
+                r = self.pick_avoiding(method, metadata, tried or [])
+                if r is not None:
+                    return r
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self.closed or (not picker.queue and not wait_for_ready) or (
+                        remaining is not None and remaining <= 0):
+                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0)
+                self.cond.wait(remaining)
+
+    async def wait_pick_async(self, method: str, metadata: Metadata | None, deadline: float | None,
+                              wait_for_ready: bool | None, tried: list[Any] | None = None) -> PickResult:
+        """:meth:`wait_pick` for asyncio: awaits the next picker, never blocks the loop."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self.cond:
+                picker = self.picker
+                r = self.pick_avoiding(method, metadata, tried or [])
+                if r is not None and not self.closed:
+                    return r
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self.closed or (not picker.queue and not wait_for_ready) or (
+                        remaining is not None and remaining <= 0):
+                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0)
+                fut: asyncio.Future[None] = loop.create_future()
+                self._async_waiters.append((loop, fut))
+            # A timer of our own rather than asyncio.wait_for: the futures loop
+            # drives these coroutines without a Task, which wait_for needs on 3.12+.
+            timer = None if remaining is None else loop.call_later(remaining, _wake, fut)
+            try:
+                await fut
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    def attempt_failed(self, backend: Backend, code: grpc.StatusCode | None, details: str | None) -> None:
+        """Close the books on an attempt that failed on ``backend``. Any thread.
+
+        After UNAVAILABLE: remember the error for fail-fast messages and re-read
+        the backend's connectivity at once.
+        """
+        if code is _UNAVAILABLE:
+            backend.last_error = details or ""
+            self.conn_error = f"{backend.addr}: {details}"
+            self.recheck(backend)
+
+    # -- close --------------------------------------------------------------
+
+    def begin_close(self) -> bool:
+        """Refuse new RPCs from now on; False if the channel was already closing."""
+        with self.cond:
+            if self.closed:
+                return False
+            self.closed = True
+            self.picker = ErrorPicker("channel closed")
+            self.cond.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        _wake_all(waiters)
+        return True
+
+    def shutdown(self, grace: float | None) -> threading.Event:
+        """Stop the resolver and balancer and start closing backends, on the control thread.
+
+        Returns an event set once that has happened. With ``grace`` None every
+        backend closes now (cancelling its RPCs); else each drains first.
+        """
+        started = threading.Event()
+
+        def run() -> None:
+            try:
+                if self.resolver is not None:
+                    self.resolver.close()
+                if self._poll_timer is not None:
+                    self._poll_timer.cancel()
+                self.balancer.close()
+            finally:
+                if grace is None:
+                    self.manager.close_all()
+                else:
+                    self.manager.drain_grace = grace
+                    self.manager.start_drain_all()
+                started.set()
+
+        self.loop.submit(run)
+        return started
+
+    def finish_close(self) -> None:
+        def last() -> None:
+            self.manager.close_all()
+            # Subscribers hear SHUTDOWN on the control thread, like every other state.
+            self._set_state(_C.SHUTDOWN)
+            self._subscribers.clear()
+
+        self.loop.submit(last)
+        self.loop.stop()
+
+    def close(self, grace: float | None) -> None:
+        """Close from a thread (blocking): refuse RPCs, drain or cancel, stop the loop."""
+        if not self.begin_close():
+            return
+        self.shutdown(grace).wait(10.0)
+        if grace is not None:
+            # Each draining backend closes itself when its last RPC ends or
+            # its grace timer fires; this only waits for that to happen.
+            self.manager.wait_drained(grace + 1.0)
+        self.finish_close()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _wake_all(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
+    for loop, fut in waiters:
+        # A closed loop has nobody waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_wake, fut)
+
+
+def backend_factory(core: ChannelCore, make_channel: Callable[[Address], grpc.Channel] | None,
+                    make_aio_channel: Callable[[Address], grpc.aio.Channel]) -> Callable[[Address], Backend]:
+    """How the manager makes a backend: a sync channel (plus an aio twin for futures), or,
+    for an asyncio channel, one aio channel made on the application's loop."""
+    health = core.service_config.health_service_name is not None
+
+    def make(address: Address) -> Backend:
+        if make_channel is not None:
+            b = Backend(address, make_channel(address), lambda: make_aio_channel(address), health_checked=health)
+        else:
+            b = Backend(address, None, lambda: make_aio_channel(address), aio_loop=core.aio_loop,
+                        health_checked=health)
+        return core.make_backend_hook(b)
+
+    return make
+
+
+def assemble(core: ChannelCore, make_backend: Callable[[Address], Backend],
+             resolver_factory: Callable[[ChannelCore], Resolver],
+             balancer_factory: Callable[[ChannelCore], Balancer]) -> None:
+    """Give ``core`` its manager, balancer and resolver (the resolver last: it starts at once)."""
+    core.manager = SubchannelManager(core.loop, make_backend, drain_grace=core.settings.drain_grace)
+    try:
+        core.balancer = balancer_factory(core)
+        core.resolver = resolver_factory(core)
+    except BaseException:
+        core.loop.stop()
+        raise
