@@ -35,7 +35,7 @@ from ._objects import (
     endpoints_object,
 )
 from ._selectors import FieldSelector, LabelSelector, SelectorError
-from ._server import ENDPOINT_SLICES, ENDPOINTS, KubeApiServer, RequestRecord, Resource
+from ._server import ENDPOINT_SLICES, ENDPOINTS, KubeApiServer, RequestRecord, Resource, kubeconfig, write_kubeconfig
 
 __all__ = [
     "ENDPOINTS",
@@ -53,4 +53,6 @@ __all__ = [
     "endpoint_slice",
     "endpoint_subset",
     "endpoints_object",
+    "kubeconfig",
+    "write_kubeconfig",
 ]

@@ -65,7 +65,8 @@ from urllib.parse import parse_qs, urlsplit
 from ._objects import endpoint_slice, endpoint_subset, endpoints_object
 from ._selectors import FieldSelector, LabelSelector, SelectorError
 
-__all__ = ["ENDPOINTS", "ENDPOINT_SLICES", "KubeApiServer", "RequestRecord", "Resource"]
+__all__ = ["ENDPOINTS", "ENDPOINT_SLICES", "KubeApiServer", "RequestRecord", "Resource", "kubeconfig",
+           "write_kubeconfig"]
 
 log = logging.getLogger("discovery_kubernetes.testing")
 
@@ -595,32 +596,11 @@ class KubeApiServer:
             with self._cond:
                 if self._tokens is not None and len(self._tokens) == 1:
                     token = next(iter(self._tokens))
-        cluster: dict[str, Any] = {"server": self.url}
-        if ca_file is not None:
-            cluster["certificate-authority"] = str(ca_file)
-        ctx: dict[str, Any] = {"cluster": context, "user": context}
-        if namespace is not None:
-            ctx["namespace"] = namespace
-        user: dict[str, Any] = {} if token is None else {"token": token}
-        return {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": context, "cluster": cluster}],
-            "users": [{"name": context, "user": user}],
-            "contexts": [{"name": context, "context": ctx}],
-            "current-context": context,
-            "preferences": {},
-        }
+        return kubeconfig(self.url, namespace=namespace, token=token, context=context, ca_file=ca_file)
 
     def write_kubeconfig(self, path: str | Path, **kwargs: Any) -> Path:
         """Write :meth:`kubeconfig` (same keyword arguments) to ``path`` (mode 0600); returns the path."""
-        import yaml
-
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(yaml.safe_dump(self.kubeconfig(**kwargs), default_flow_style=False))
-        out.chmod(0o600)
-        return out
+        return _write_yaml(path, self.kubeconfig(**kwargs))
 
     # -- internals: store ------------------------------------------------------------
 
@@ -967,6 +947,46 @@ class KubeApiServer:
             if end == "clean":
                 _end(h)
                 return
+
+
+def kubeconfig(server: str, *, namespace: str | None = None, token: str | None = None,
+               context: str = "discovery-test", ca_file: str | Path | None = None) -> dict[str, Any]:
+    """A kubeconfig (as a dict) with one context, ``context``, that reaches ``server`` (a URL).
+
+    ``token`` is the bearer token (None: no credentials); ``namespace`` the
+    context's namespace; ``ca_file`` the CA of an HTTPS server's certificate.
+    """
+    cluster: dict[str, Any] = {"server": server}
+    if ca_file is not None:
+        cluster["certificate-authority"] = str(ca_file)
+    ctx: dict[str, Any] = {"cluster": context, "user": context}
+    if namespace is not None:
+        ctx["namespace"] = namespace
+    user: dict[str, Any] = {} if token is None else {"token": token}
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": context, "cluster": cluster}],
+        "users": [{"name": context, "user": user}],
+        "contexts": [{"name": context, "context": ctx}],
+        "current-context": context,
+        "preferences": {},
+    }
+
+
+def write_kubeconfig(path: str | Path, server: str, **kwargs: Any) -> Path:
+    """Write :func:`kubeconfig` (same keyword arguments) to ``path`` (mode 0600); returns the path."""
+    return _write_yaml(path, kubeconfig(server, **kwargs))
+
+
+def _write_yaml(path: str | Path, data: Mapping[str, Any]) -> Path:
+    import yaml
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(dict(data), default_flow_style=False))
+    out.chmod(0o600)
+    return out
 
 
 def _at(obj: Mapping[str, Any] | None, rv: int) -> dict[str, Any]:
