@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from discovery_kubernetes import KubernetesResolver, KubernetesResolverBuilder
 from discovery_kubernetes.testing import KubeApiServer
+from k8splugin_support import TOKEN, MakeResolver
 from kubernetes import client, config
 
 from discovery.clock import SYSTEM_CLOCK, Clock
 from discovery.resolver import ResolverOptions
 from discovery.target import parse_target
 from discovery.testing import RecordingListener
-
-TOKEN = "k8s-test-token-0123456789"
-
-MakeResolver = Callable[..., tuple[KubernetesResolver, RecordingListener]]
 
 
 @pytest.fixture
@@ -87,3 +84,21 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
         "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
     return d
+
+
+# A test that starts a server (the test API server, grpc backends) is an integration test,
+# as in the core's tests: `python3 -m pytest -m "not integration"` runs the pure ones alone.
+_SERVER_FIXTURES = frozenset({"api", "kubeconfig", "kube", "make_resolver", "start_pods", "pki"})
+_SERVER_NAMES = frozenset({"KubeApiServer", "BackendServer"})
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE not in Path(str(item.path)).resolve().parents:
+            continue  # another directory's test
+        module = getattr(item, "module", None)
+        uses_servers = bool(_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
+        uses_servers |= module is not None and bool(_SERVER_NAMES & set(vars(module)))
+        if uses_servers:
+            item.add_marker(pytest.mark.integration)

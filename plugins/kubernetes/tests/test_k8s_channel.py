@@ -23,8 +23,8 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import TOKEN
 from discovery_kubernetes.testing import KubeApiServer, endpoint, endpoint_port
+from k8splugin_support import TOKEN
 
 import discovery
 from discovery.testing import wait_for, wait_ready

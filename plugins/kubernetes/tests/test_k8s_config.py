@@ -16,7 +16,7 @@ from discovery_kubernetes import (
     parse_go_duration,
     parse_target,
 )
-from discovery_kubernetes.testing import KubeApiServer
+from discovery_kubernetes.testing import write_kubeconfig
 
 import discovery
 from discovery.errors import ConfigError, TargetError
@@ -108,9 +108,13 @@ def test_options_must_be_a_table() -> None:
 # -- cluster access and namespace precedence ---------------------------------------------------------
 
 
+# Only files here: finding the cluster access never connects, so the kubeconfigs point nowhere.
+NOWHERE = "https://127.0.0.1:1"
+
+
 @pytest.fixture
-def kc(api: KubeApiServer, tmp_path: Path) -> Path:
-    return api.write_kubeconfig(tmp_path / "kc", namespace="ctx-ns")
+def kc(tmp_path: Path) -> Path:
+    return write_kubeconfig(tmp_path / "kc", NOWHERE, namespace="ctx-ns")
 
 
 def sa_dir(tmp_path: Path, namespace: str | None = "pod-ns") -> str:
@@ -136,7 +140,7 @@ def test_namespace_precedence(kc: Path, tmp_path: Path) -> None:
     assert (a.namespace, a.namespace_source) == ("opt", "the namespace option")
     a = find_access(kt("kubernetes:///orders"), KubeConfig(), environ=env, service_account_dir=no_sa)
     assert (a.namespace, a.namespace_source, a.mode) == ("ctx-ns", "the kubeconfig context", "kubeconfig")
-    plain = KubeApiServer().write_kubeconfig(tmp_path / "plain")  # no namespace in its context
+    plain = write_kubeconfig(tmp_path / "plain", NOWHERE)  # no namespace in its context
     a = find_access(kt("kubernetes:///orders"), KubeConfig(), environ={"KUBECONFIG": str(plain)},
                     service_account_dir=sa_dir(tmp_path))
     assert (a.namespace, a.namespace_source) == ("pod-ns", "the pod's namespace")
@@ -162,8 +166,8 @@ def test_in_cluster_when_in_a_pod_unless_a_kubeconfig_or_context_is_asked_for(kc
     assert a.mode == "kubeconfig"
 
 
-def test_home_kubeconfig_and_kubeconfig_lists(api: KubeApiServer, tmp_path: Path) -> None:
-    api.write_kubeconfig(tmp_path / ".kube" / "config", namespace="home-ns")
+def test_home_kubeconfig_and_kubeconfig_lists(tmp_path: Path) -> None:
+    write_kubeconfig(tmp_path / ".kube" / "config", NOWHERE, namespace="home-ns")
     a = find_access(kt("kubernetes:///orders"), KubeConfig(), environ={"HOME": str(tmp_path)},
                     service_account_dir=str(tmp_path / "x"))
     assert (a.kubeconfig, a.namespace) == (str(tmp_path / ".kube" / "config"), "home-ns")

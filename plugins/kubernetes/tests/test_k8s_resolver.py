@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TOKEN, MakeResolver
 from discovery_kubernetes import KubernetesResolverBuilder
 from discovery_kubernetes.testing import KubeApiServer, RequestRecord, endpoint, endpoint_port
+from k8splugin_support import TOKEN, MakeResolver
 
 from discovery.address import ResolverState
 from discovery.testing import FakeClock, RecordingListener, wait_for

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import urllib3
-from conftest import TOKEN
 from discovery_kubernetes.testing import (
     FieldSelector,
     KubeApiServer,
@@ -21,6 +20,7 @@ from discovery_kubernetes.testing import (
     endpoint_port,
     endpoint_slice,
 )
+from k8splugin_support import TOKEN
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
