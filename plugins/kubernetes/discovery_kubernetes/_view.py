@@ -203,6 +203,8 @@ class EndpointView:
         if isinstance(port, str) and any(p.lacks_port for p in self._parts.values()):
             names = sorted({n for p in self._parts.values() for n, _ in p.ports if n})
             return f"{self._where} has no port named {port!r} (its ports: {', '.join(names) or 'none named'})"
+        if port is None and not any(p.ports for p in self._parts.values()):
+            return f"{self._where} lists no TCP port in its {what}"
         not_ready = sum(p.not_ready for p in self._parts.values())
         return f"{self._where} has no ready endpoints ({not_ready} not ready or terminating)"
 

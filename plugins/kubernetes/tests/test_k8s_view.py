@@ -23,10 +23,14 @@ def view(port: int | str | None = "grpc", **kwargs: Any) -> EndpointView:
     return EndpointView(KubeTarget("orders", "shop", port), "shop", **kwargs)
 
 
+_GRPC: Any = object()
+
+
 def grpc_slice(name: str, *endpoints: dict[str, Any], port: int = 50051, address_type: str = "IPv4",
-               ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               ports: list[dict[str, Any]] | None = _GRPC) -> dict[str, Any]:
+    """A slice of orders in shop; its one port is ``grpc`` (``port``) unless ``ports`` (None: null) says else."""
     return endpoint_slice(name, "orders", list(endpoints),
-                          ports if ports is not None else [endpoint_port(port, "grpc")],
+                          [endpoint_port(port, "grpc")] if ports is _GRPC else ports,
                           namespace="shop", address_type=address_type)
 
 
@@ -182,6 +186,9 @@ def test_empty_sets_say_why() -> None:
     assert "no ready endpoints (1 not ready or terminating)" in v.state().note  # type: ignore[union-attr]
     v.replace_all([grpc_slice("a", endpoint("10.0.0.1"), ports=[endpoint_port(80, "http")])])
     assert "no port named 'grpc' (its ports: http)" in v.state().note  # type: ignore[union-attr]
+    portless = view(None)
+    portless.replace_all([grpc_slice("a", endpoint("10.0.0.1"), ports=[])])
+    assert "lists no TCP port in its EndpointSlices" in portless.state().note  # type: ignore[union-attr]
 
 
 def test_identical_input_gives_an_equal_state() -> None:
