@@ -382,6 +382,14 @@ def test_stop_cuts_open_watches(api: KubeApiServer, kube: client.ApiClient) -> N
     assert not t.is_alive() and len(errors) == 1
 
 
+def test_a_watch_whose_client_left_ends_on_the_server(api: KubeApiServer, kube: client.ApiClient) -> None:
+    resp = slices(kube).list_namespaced_endpoint_slice("default", watch=True, timeout_seconds=30,
+                                                       _preload_content=False)
+    api.wait_for(lambda a: a.open_watches == 1)
+    resp.close()  # closes the connection, as a client going away does
+    api.wait_for(lambda a: a.open_watches == 0)
+
+
 # -- auth ------------------------------------------------------------------------------
 
 
