@@ -46,6 +46,9 @@ CallableKey = tuple[str, str, Any, Any, bool]
 _PROBE = "/grpc.discovery.v1.Probe/LastConnectionError"
 
 
+_PROBES: set[asyncio.Future[None]] = set()
+
+
 def _ident(b: bytes) -> bytes:
     return b
 
@@ -251,7 +254,10 @@ class Backend:
 
         def start() -> None:
             if not self.closed:
-                asyncio.ensure_future(probe())
+                # Held until done: asyncio keeps only weak references to tasks.
+                task = asyncio.ensure_future(probe())
+                _PROBES.add(task)
+                task.add_done_callback(_PROBES.discard)
 
         with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to learn
             loop.call_soon_threadsafe(start)
