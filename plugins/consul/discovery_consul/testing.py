@@ -54,7 +54,6 @@ import json
 import logging
 import math
 import random
-import re
 import socket
 import struct
 import threading
@@ -67,6 +66,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
+
+from ._duration import parse_go_duration
 
 __all__ = [
     "CRITICAL",
@@ -90,36 +91,6 @@ DEFAULT_WAIT = 300.0
 MAX_WAIT = 600.0
 #: Consul runs interval checks at most once a second.
 MIN_CHECK_INTERVAL = 1.0
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(text: str) -> float:
-    """Seconds from a Go duration string (``"5m"``, ``"1m30s"``, ``"250ms"``, ``"0"``), as Consul parses ``wait``.
-
-    Raises ValueError for anything Go's ``time.ParseDuration`` rejects.
-    """
-    s = text.strip()
-    sign = 1.0
-    if s[:1] in "+-" and s:
-        sign = -1.0 if s[0] == "-" else 1.0
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    if not s:
-        raise ValueError(f"invalid duration {text!r}")
-    total = 0.0
-    pos = 0
-    for m in _DURATION_PART.finditer(s):
-        if m.start() != pos:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(s):
-        raise ValueError(f"invalid duration {text!r}")
-    return sign * total
-
 
 def _go_bool(text: str) -> bool:
     """Go's ``strconv.ParseBool``."""
