@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -80,14 +81,17 @@ class FakeClock:
 
     ``wait()`` blocks the calling thread until its event is set or the fake
     time reaches its deadline; it never returns because real time passed.
-    Thread-safe.
+    :meth:`wait_for_blocked` lets a test wait (in real time, bounded) until a
+    background thread has settled in ``wait()``, and tells for how long it
+    sleeps, so a test can check an interval or a backoff delay and then
+    ``advance()`` exactly that far. Thread-safe.
     """
 
     def __init__(self, start: float = 1000.0) -> None:
         self._now = start
         self._cond = threading.Condition()
-        self._waiting = 0
-        self._events: list[threading.Event] = []
+        # One entry per thread inside wait(): its event and its deadline (None: none).
+        self._waits: list[tuple[threading.Event, float | None]] = []
 
     def monotonic(self) -> float:
         with self._cond:
@@ -95,25 +99,25 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds`` and wake every waiter to re-check."""
+        if seconds < 0:
+            raise ValueError(f"a clock only moves forward, got {seconds!r}")
         with self._cond:
             self._now += seconds
             self._cond.notify_all()
 
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
         with self._cond:
-            deadline = None if timeout is None else self._now + timeout
-            self._waiting += 1
-            self._events.append(event)
+            entry = (event, None if timeout is None else self._now + timeout)
+            self._waits.append(entry)
             self._cond.notify_all()
             try:
-                while not event.is_set() and (deadline is None or self._now < deadline):
+                while not event.is_set() and (entry[1] is None or self._now < entry[1]):
                     # Event.set() cannot notify this condition, so re-check it
                     # often; advance() and wake() notify at once.
                     self._cond.wait(0.01)
                 return event.is_set()
             finally:
-                self._waiting -= 1
-                self._events.remove(event)
+                self._waits.remove(entry)
                 self._cond.notify_all()
 
     def wake(self) -> None:
@@ -123,14 +127,49 @@ class FakeClock:
 
     @property
     def waiters(self) -> int:
-        """How many threads are blocked in :meth:`wait` right now."""
+        """How many threads are inside :meth:`wait` right now."""
         with self._cond:
-            return self._waiting
+            return len(self._waits)
 
     def wait_for_waiters(self, n: int = 1, timeout: float = 5.0) -> bool:
         """Block (real time) until at least ``n`` threads wait on this clock."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._waiting >= n, timeout)
+            return self._cond.wait_for(lambda: len(self._waits) >= n, timeout)
+
+    def _blocked(self) -> list[float | None]:
+        # A waiter whose event is set or whose deadline has come is about to
+        # return and act: it is not settled yet.
+        out = [None if deadline is None else deadline - self._now
+               for event, deadline in self._waits
+               if not event.is_set() and (deadline is None or deadline > self._now)]
+        return sorted(out, key=lambda t: math.inf if t is None else t)
+
+    def blocked(self) -> list[float | None]:
+        """Remaining fake seconds of each thread settled in :meth:`wait` (None: no timeout), soonest first."""
+        with self._cond:
+            return self._blocked()
+
+    def wait_for_blocked(self, n: int = 1, timeout: float = 5.0) -> list[float | None]:
+        """Block (real time) until at least ``n`` threads are settled in :meth:`wait`; return :meth:`blocked`.
+
+        Settled means waiting with the event unset and the deadline still
+        ahead: after a ``resolve_now()`` (which sets the event) or an
+        ``advance()`` past a deadline, this waits until the thread has acted
+        and is waiting again. Raises TimeoutError after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                blocked = self._blocked()
+                if len(blocked) >= n:
+                    return blocked
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"wanted {n} threads settled in FakeClock.wait() within {timeout}s, "
+                                       f"got {len(blocked)} of {len(self._waits)} waiting")
+                # Waiters notify when they come and go; an event set elsewhere
+                # does not, so look again soon.
+                self._cond.wait(min(left, 0.01))
 
 
 class RecordingListener:

@@ -16,12 +16,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Protocol
 
-from .address import ResolverState
-from .clock import SYSTEM_CLOCK, Clock
-from .errors import ResolverError
-from .target import Target
+from ..address import ResolverState
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import ResolverError
+from ..target import Target
 
-__all__ = ["Resolver", "ResolverBuilder", "ResolverListener", "ResolverOptions"]
+__all__ = [
+    "PollingResolver",
+    "Resolver",
+    "ResolverBuilder",
+    "ResolverListener",
+    "ResolverOptions",
+    "WatchContext",
+    "WatchResolver",
+]
 
 
 
@@ -100,3 +108,7 @@ class ResolverBuilder(abc.ABC):
         (address lists) return None.
         """
         return target.endpoint
+
+
+# The helpers build on the interface above, so they are imported after it.
+from .helpers import PollingResolver, WatchContext, WatchResolver  # noqa: E402
