@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
 import consul
 import pytest
+from discovery_consul import DEFAULT_BURST, DEFAULT_RATE, ConsulResolver, ConsulResolverBuilder
 from discovery_consul.testing import ConsulTestAgent
 
+from discovery.clock import SYSTEM_CLOCK, Clock
+from discovery.resolver import ResolverOptions
+from discovery.target import parse_target as parse_uri
+from discovery.testing import RecordingListener
 from discovery.testing.servers import BackendServer
 
 
@@ -40,3 +46,41 @@ def backends(request: pytest.FixtureRequest) -> Callable[[int], list[BackendServ
         return out
 
     return make
+
+
+class MakeResolver(Protocol):
+    def __call__(self, query: str = "", *, config: Mapping[str, Any] | None = None, clock: Clock | None = None,
+                 rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST, env: Mapping[str, str] | None = None,
+                 service: str = "orders", authority: str | None = None,
+                 agent: ConsulTestAgent | None = None) -> tuple[ConsulResolver, RecordingListener]: ...
+
+
+@pytest.fixture
+def make_resolver(agent: ConsulTestAgent) -> Iterator[MakeResolver]:
+    """Start a ConsulResolver on ``consul://<agent>/<service><query>``; all are closed (and joined) at teardown.
+
+    ``env`` replaces the environment; the default is an empty one, so the machine's CONSUL_* variables
+    cannot leak into a test (pass ``os.environ`` to read the real one).
+    """
+    built: list[ConsulResolver] = []
+
+    def make(query: str = "", *, config: Mapping[str, Any] | None = None, clock: Clock | None = None,
+             rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST, env: Mapping[str, str] | None = None,
+             service: str = "orders", authority: str | None = None,
+             agent: ConsulTestAgent | None = None) -> tuple[ConsulResolver, RecordingListener]:
+        where = authority if authority is not None else (agent or default_agent).address
+        uri = parse_uri(f"consul://{where}/{service}{query}")
+        t, c = ConsulResolverBuilder(environ={} if env is None else env).parse(
+            uri, ResolverOptions(config=dict(config or {})))
+        listener = RecordingListener()
+        r = ConsulResolver(t, c, listener, clock or SYSTEM_CLOCK, rate=rate, burst=burst)
+        built.append(r)
+        r.start()
+        return r, listener
+
+    default_agent = agent
+    yield make
+    for r in built:
+        r.close()
+    for r in built:
+        assert r.join(5), f"{r!r}: thread still running 5 s after close()"
