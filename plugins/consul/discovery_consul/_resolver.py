@@ -251,10 +251,15 @@ def _why(exc: requests.RequestException) -> str:
         return "no answer within the read timeout"
     inner: Any = exc.args[0] if exc.args else exc
     reason = getattr(inner, "reason", None) or inner
-    text = str(reason)
-    # "<urllib3.connection.HTTPConnection object at 0x...>: Failed to establish ..." -> the useful half.
-    if ">: " in text:
-        text = text.split(">: ", 1)[1]
+    args = getattr(reason, "args", ())
+    if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], BaseException):
+        # urllib3's ProtocolError("Connection aborted.", RemoteDisconnected(...))
+        text = f"{args[0].rstrip('.').lower()}: {args[1] or type(args[1]).__name__}"
+    else:
+        text = str(reason)
+    # "_Conn(host='127.0.0.1', port=8500): Failed to establish ..." -> the useful half.
+    if "): " in text:
+        text = text.split("): ", 1)[1]
     return text or type(exc).__name__
 
 
