@@ -251,7 +251,7 @@ def _why(exc: requests.RequestException) -> str:
         return "no answer within the read timeout"
     inner: Any = exc.args[0] if exc.args else exc
     reason = getattr(inner, "reason", None) or inner
-    args = getattr(reason, "args", ())
+    args: tuple[Any, ...] = tuple(getattr(reason, "args", ()))
     if len(args) == 2 and isinstance(args[0], str) and isinstance(args[1], BaseException):
         # urllib3's ProtocolError("Connection aborted.", RemoteDisconnected(...))
         text = f"{args[0].rstrip('.').lower()}: {args[1] or type(args[1]).__name__}"
