@@ -141,21 +141,21 @@ def _tracking_pools(transport: InterruptibleTransport) -> dict[str, type[HTTPCon
         if t is not None:
             t._track(conn)
 
-    class _Conn(HTTPConnection):
-        def connect(self) -> None:
-            t = owner()
-            if t is not None:
-                t._check_open()
-            super().connect()
-            track(self)
+    class _Tracked:
+        """Mixed into urllib3's connection classes: refuse to connect once interrupted, report when connected."""
 
-    class _TLSConn(HTTPSConnection):
         def connect(self) -> None:
             t = owner()
             if t is not None:
                 t._check_open()
-            super().connect()
-            track(self)
+            super().connect()  # type: ignore[misc]
+            track(self)  # type: ignore[arg-type]
+
+    class _Conn(_Tracked, HTTPConnection):
+        pass
+
+    class _TLSConn(_Tracked, HTTPSConnection):
+        pass
 
     class _Pool(HTTPConnectionPool):
         ConnectionCls = _Conn

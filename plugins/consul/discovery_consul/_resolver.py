@@ -333,11 +333,11 @@ class ConsulResolver(WatchResolver):
         t = self._target
         code, headers, body = response.code, response.headers, response.body
         if code == 403:
-            source = self._config.token_source or "no token (anonymous)"
+            source = (f"the token came from {self._config.token_source}" if self._config.token
+                      else "no token was sent")
             raise ResolverError(
                 f"consul at {t.agent} refused the ACL token for service {t.service!r} (403 {str(body).strip()[:200]}); "
-                f"the token came from {source}: give one with service:read on it (resolver_config token or "
-                "CONSUL_HTTP_TOKEN)")
+                f"{source}: give one with service:read on it (resolver_config token or CONSUL_HTTP_TOKEN)")
         if code != 200:
             raise ResolverError(f"consul at {t.agent} answered {code} for service {t.service!r}: "
                                 f"{str(body).strip()[:300]}")

@@ -1090,13 +1090,15 @@ class ConsulTestAgent:
 
     def _put_ttl(self, status: str, arg: str, params: dict[str, list[str]], token: _Token | None,
                  **_: Any) -> tuple[int, dict[str, str], Any]:
-        note = params.get("note", [""])[-1]
+        return self._ttl_update(arg, token, status, params.get("note", [""])[-1])
+
+    def _ttl_update(self, cid: str, token: _Token | None, status: str, output: str) -> tuple[int, dict[str, str], Any]:
         with self._cond:
             dc = self._dc(self.datacenter)
-            check = self._agent_check(dc, arg, token)
+            check = self._agent_check(dc, cid, token)
             if check.type != "ttl":
-                raise _HTTPError(500, f'CheckID "{arg}" does not have associated TTL')
-            self._update_check(dc, check, status, note)
+                raise _HTTPError(500, f'CheckID "{cid}" does not have associated TTL')
+            self._update_check(dc, check, status, output)
         return 200, {}, b""
 
     def _put_check_update(self, arg: str, body: bytes, token: _Token | None,
@@ -1105,13 +1107,7 @@ class ConsulTestAgent:
         status = _key(data, "Status")
         if status not in _STATUSES:
             raise _HTTPError(400, f"Invalid check status: {status!r}")
-        with self._cond:
-            dc = self._dc(self.datacenter)
-            check = self._agent_check(dc, arg, token)
-            if check.type != "ttl":
-                raise _HTTPError(500, f'CheckID "{arg}" does not have associated TTL')
-            self._update_check(dc, check, str(status), str(_key(data, "Output") or ""))
-        return 200, {}, b""
+        return self._ttl_update(arg, token, str(status), str(_key(data, "Output") or ""))
 
     def _put_catalog_register(self, body: bytes, token: _Token | None, **_: Any) -> tuple[int, dict[str, str], Any]:
         data = self._json_body(body)

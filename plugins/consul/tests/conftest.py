@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -17,12 +18,41 @@ from discovery.testing import RecordingListener
 from discovery.testing.servers import BackendServer
 
 
+class MakeAgent(Protocol):
+    def __call__(self, *, host: str = "127.0.0.1", acl_default_policy: str | None = None,
+                 tokens: Mapping[str, tuple[str, ...]] | None = None) -> ConsulTestAgent: ...
+
+
 @pytest.fixture
-def agent(request: pytest.FixtureRequest) -> ConsulTestAgent:
-    """A started :class:`ConsulTestAgent` on 127.0.0.1 at a free port (stopped at teardown)."""
-    a = ConsulTestAgent(seed=1)
-    request.addfinalizer(a.stop)
-    return a.start()
+def make_agent(request: pytest.FixtureRequest) -> MakeAgent:
+    """Start a :class:`ConsulTestAgent` (stopped at teardown); ``tokens`` maps secrets to readable prefixes."""
+
+    def make(*, host: str = "127.0.0.1", acl_default_policy: str | None = None,
+             tokens: Mapping[str, tuple[str, ...]] | None = None) -> ConsulTestAgent:
+        a = ConsulTestAgent(host=host, acl_default_policy=acl_default_policy, seed=1)
+        request.addfinalizer(a.stop)
+        for secret, read in (tokens or {}).items():
+            a.add_token(secret, read=read)
+        return a.start()
+
+    return make
+
+
+@pytest.fixture
+def agent(make_agent: MakeAgent) -> ConsulTestAgent:
+    """A started :class:`ConsulTestAgent` on 127.0.0.1 at a free port, ACLs off (stopped at teardown)."""
+    return make_agent()
+
+
+@pytest.fixture
+def ipv6_agent(make_agent: MakeAgent) -> ConsulTestAgent:
+    """A started agent on ``::1``; skips where the machine has no IPv6 loopback."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    return make_agent(host="::1")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 import consul
 import pytest
 import requests
+from conftest import MakeAgent
 from discovery_consul.testing import MAX_WAIT, ConsulTestAgent, parse_go_duration
 from grpc_health.v1 import health_pb2
 
@@ -329,12 +330,9 @@ def test_register_validation(agent: ConsulTestAgent) -> None:
 
 
 @pytest.fixture
-def acl_agent(request: pytest.FixtureRequest) -> ConsulTestAgent:
-    a = ConsulTestAgent(acl_default_policy="deny")
-    request.addfinalizer(a.stop)
-    a.add_token("reader-secret", read=("orders",))
+def acl_agent(make_agent: MakeAgent) -> ConsulTestAgent:
+    a = make_agent(acl_default_policy="deny", tokens={"reader-secret": ("orders",)})
     a.add_token("writer-secret", write=("orders",))
-    a.start()
     a.register("orders", 5001)
     a.register("payments", 6001)
     return a
@@ -430,16 +428,8 @@ def test_fail_next_answers_errors(agent: ConsulTestAgent, client: consul.Consul)
     assert client.health.service("orders")[1] == []
 
 
-def test_ipv6_agent(request: pytest.FixtureRequest) -> None:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no IPv6 loopback here")
-    a = ConsulTestAgent(host="::1")
-    request.addfinalizer(a.stop)
-    a.start()
-    a.register("orders", 5001, address="::1")
-    assert a.address.startswith("[::1]:")
-    nodes = requests.get(f"{a.url}/v1/health/service/orders", timeout=5).json()
+def test_ipv6_agent(ipv6_agent: ConsulTestAgent) -> None:
+    ipv6_agent.register("orders", 5001, address="::1")
+    assert ipv6_agent.address.startswith("[::1]:")
+    nodes = requests.get(f"{ipv6_agent.url}/v1/health/service/orders", timeout=5).json()
     assert nodes[0]["Service"]["Address"] == "::1" and nodes[0]["Node"]["Address"] == "::1"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import MakeAgent
 from discovery_consul.testing import ConsulTestAgent
 
 import discovery
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 ROUND_ROBIN = {"loadBalancingConfig": [{"round_robin": {}}]}
 SECRET = "9d1e-channel-s3cret-token"
 Backends = Callable[[int], list[BackendServer]]
+Two = tuple[BackendServer, BackendServer, discovery.Channel, EchoStub]
 
 
 def register(agent: ConsulTestAgent, b: BackendServer, **kwargs: object) -> None:
@@ -50,6 +52,18 @@ def listed(ch: discovery.Channel) -> set[str]:
     return {b.address for b in ch.backends()}
 
 
+@pytest.fixture
+def two(agent: ConsulTestAgent, backends: Backends,
+        channel: Callable[..., discovery.Channel]) -> Two:
+    """Backends b0 and b1 registered and passing, and a round-robin channel with both READY."""
+    b0, b1 = backends(2)
+    register(agent, b0)
+    register(agent, b1)
+    ch = channel()
+    wait_ready(ch, 2)
+    return b0, b1, ch, EchoStub(ch)
+
+
 def test_register_brings_traffic_within_a_second(agent: ConsulTestAgent, backends: Backends,
                                                  channel: Callable[..., discovery.Channel]) -> None:
     b0, b1 = backends(2)
@@ -66,14 +80,8 @@ def test_register_brings_traffic_within_a_second(agent: ConsulTestAgent, backend
         assert time.monotonic() - t0 < 1.0, "no traffic to the new backend within 1 s"
 
 
-def test_deregister_drains_in_flight_streams(agent: ConsulTestAgent, backends: Backends,
-                                             channel: Callable[..., discovery.Channel]) -> None:
-    b0, b1 = backends(2)
-    register(agent, b0)
-    register(agent, b1)
-    ch = channel()
-    stub = EchoStub(ch)
-    wait_ready(ch, 2)
+def test_deregister_drains_in_flight_streams(agent: ConsulTestAgent, two: Two) -> None:
+    b0, b1, ch, stub = two
     for b in (b0, b1):
         b.gate.clear()  # hold every stream open after its call started
     streams = [stub.ServerStream(b"3", timeout=30) for _ in range(2)]
@@ -87,14 +95,8 @@ def test_deregister_drains_in_flight_streams(agent: ConsulTestAgent, backends: B
     assert replies == [(b"b0",) * 3, (b"b1",) * 3], "the stream on the removed backend finished whole"
 
 
-def test_a_critical_check_stops_traffic(agent: ConsulTestAgent, backends: Backends,
-                                        channel: Callable[..., discovery.Channel]) -> None:
-    b0, b1 = backends(2)
-    register(agent, b0)
-    register(agent, b1)
-    ch = channel()
-    stub = EchoStub(ch)
-    wait_ready(ch, 2)
+def test_a_critical_check_stops_traffic(agent: ConsulTestAgent, two: Two) -> None:
+    b0, b1, ch, stub = two
     agent.set_check(f"service:{b0.name}", "critical")
     wait_for(lambda: listed(ch) == {b1.addr}, 2, message="the critical instance left the channel")
     before = b0.total
@@ -104,14 +106,8 @@ def test_a_critical_check_stops_traffic(agent: ConsulTestAgent, backends: Backen
     wait_for(lambda: listed(ch) == {b0.addr, b1.addr}, 2, message="back when passing again")
 
 
-def test_agent_down_fails_no_rpc(agent: ConsulTestAgent, backends: Backends,
-                                 channel: Callable[..., discovery.Channel]) -> None:
-    b0, b1 = backends(2)
-    register(agent, b0)
-    register(agent, b1)
-    ch = channel()
-    stub = EchoStub(ch)
-    wait_ready(ch, 2)
+def test_agent_down_fails_no_rpc(agent: ConsulTestAgent, two: Two) -> None:
+    b0, b1, ch, stub = two
     agent.stop()
     replies = [stub.Unary(b"", timeout=5) for _ in range(100)]
     assert set(replies) == {b"b0", b"b1"}, "the last good set stays in use"
@@ -183,13 +179,10 @@ def test_fail_fast_names_the_consul_problem(agent: ConsulTestAgent, backends: Ba
     wait_for(unreachable, 5, message="the RPC error names the unreachable agent")
 
 
-def test_the_token_is_never_logged(request: pytest.FixtureRequest, backends: Backends,
+def test_the_token_is_never_logged(request: pytest.FixtureRequest, make_agent: MakeAgent, backends: Backends,
                                    caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    acl = ConsulTestAgent(acl_default_policy="deny")
-    request.addfinalizer(acl.stop)
-    acl.add_token(SECRET)
-    acl.start()
+    acl = make_agent(acl_default_policy="deny", tokens={SECRET: ("",)})
     [b0] = backends(1)
     register(acl, b0)
     good = discovery.insecure_channel(f"consul://{acl.address}/orders", resolver_config={"token": SECRET})

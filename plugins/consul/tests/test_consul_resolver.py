@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
 
 import pytest
-from conftest import MakeResolver
+from conftest import MakeAgent, MakeResolver
 from discovery_consul.testing import ConsulTestAgent, RecordedRequest
 
 from discovery.errors import ResolverError
@@ -123,18 +122,10 @@ def test_a_normal_long_poll_is_never_an_error(agent: ConsulTestAgent, make_resol
     assert listener.errors == [] and len(listener.states) == 1
 
 
-def test_ipv6_agent_and_addresses(request: pytest.FixtureRequest, make_resolver: MakeResolver) -> None:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no IPv6 loopback here")
-    v6 = ConsulTestAgent(host="::1")
-    request.addfinalizer(v6.stop)
-    v6.start()
-    v6.register("orders", 5001, address="::1", service_id="a")
-    v6.register("orders", 5002, service_id="b")  # Node.Address is ::1 as well
-    _, listener = make_resolver(agent=v6)
+def test_ipv6_agent_and_addresses(ipv6_agent: ConsulTestAgent, make_resolver: MakeResolver) -> None:
+    ipv6_agent.register("orders", 5001, address="::1", service_id="a")
+    ipv6_agent.register("orders", 5002, service_id="b")  # Node.Address is ::1 as well
+    _, listener = make_resolver(agent=ipv6_agent)
     state = listener.wait_for_state(lambda s: len(s.addresses) == 2)
     assert [a.addr for a in state.addresses] == ["[::1]:5001", "[::1]:5002"]
 
@@ -193,35 +184,27 @@ def test_agent_restart_drops_the_index_and_recovers_in_seconds(
 # -- errors --------------------------------------------------------------------------------------------
 
 
-def test_http_errors_keep_the_last_set_and_are_reported(agent: ConsulTestAgent, make_resolver: MakeResolver) -> None:
+@pytest.mark.parametrize(("status", "body", "expected"), [
+    (500, "rpc error: No cluster leader", "answered 500 for service 'orders': rpc error: No cluster leader"),
+    (200, "this is not JSON", "answered without a valid X-Consul-Index"),  # nor an index header
+])
+def test_bad_answers_keep_the_last_set_and_are_reported(agent: ConsulTestAgent, make_resolver: MakeResolver,
+                                                        status: int, body: str, expected: str) -> None:
     agent.register("orders", 5001)
     _, listener = make_resolver()
     agent.wait_for_pending("orders")
-    agent.fail_next(1, 500, "rpc error: No cluster leader")
+    agent.fail_next(1, status, body)
     agent.touch("orders")
     listener.wait_for_count(errors=1)
-    assert "answered 500" in str(listener.errors[0]) and "No cluster leader" in str(listener.errors[0])
+    assert expected in str(listener.errors[0])
     agent.register("orders", 5002, service_id="b")
     listener.wait_for_state(lambda s: len(s.addresses) == 2, timeout=5)
-    assert all(s.addresses for s in listener.states)
+    assert all(s.addresses for s in listener.states), "an error never published an empty set"
 
 
-def test_a_bad_answer_keeps_the_last_set(agent: ConsulTestAgent, make_resolver: MakeResolver) -> None:
-    agent.register("orders", 5001)
-    _, listener = make_resolver()
-    agent.wait_for_pending("orders")
-    agent.fail_next(1, 200, "this is not JSON")
-    agent.touch("orders")
-    listener.wait_for_count(errors=1)
-    assert "X-Consul-Index" in str(listener.errors[0]) or "JSON" in str(listener.errors[0])
-    assert all(s.addresses for s in listener.states)
-
-
-def test_403_says_the_token_was_refused_without_showing_it(request: pytest.FixtureRequest,
+def test_403_says_the_token_was_refused_without_showing_it(make_agent: MakeAgent,
                                                            make_resolver: MakeResolver) -> None:
-    acl = ConsulTestAgent(acl_default_policy="deny")
-    request.addfinalizer(acl.stop)
-    acl.start()
+    acl = make_agent(acl_default_policy="deny")
     acl.register("orders", 5001)
     _, listener = make_resolver(agent=acl, config={"token": SECRET})
     listener.wait_for_count(errors=1)
@@ -231,11 +214,8 @@ def test_403_says_the_token_was_refused_without_showing_it(request: pytest.Fixtu
     assert listener.states == []
 
 
-def test_results_filtered_by_acl_are_explained(request: pytest.FixtureRequest, make_resolver: MakeResolver) -> None:
-    acl = ConsulTestAgent(acl_default_policy="deny")
-    request.addfinalizer(acl.stop)
-    acl.add_token(SECRET, read=("payments",))
-    acl.start()
+def test_results_filtered_by_acl_are_explained(make_agent: MakeAgent, make_resolver: MakeResolver) -> None:
+    acl = make_agent(acl_default_policy="deny", tokens={SECRET: ("payments",)})
     acl.register("orders", 5001)
     _, listener = make_resolver(agent=acl, config={"token": SECRET})
     state = listener.wait_for_state()
@@ -341,12 +321,9 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 
 def test_the_token_never_reaches_logs_reprs_or_errors(
-        request: pytest.FixtureRequest, make_resolver: MakeResolver, caplog: pytest.LogCaptureFixture) -> None:
+        make_agent: MakeAgent, make_resolver: MakeResolver, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    acl = ConsulTestAgent(acl_default_policy="deny")
-    request.addfinalizer(acl.stop)
-    acl.add_token(SECRET)
-    acl.start()
+    acl = make_agent(acl_default_policy="deny", tokens={SECRET: ("",)})
     acl.register("orders", 5001)
     good, good_listener = make_resolver(agent=acl, config={"token": SECRET})
     good_listener.wait_for_state(lambda s: bool(s.addresses))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+import consul.base
 import pytest
-from discovery_consul import ConsulConfig, ConsulTarget, TokenBucket, entries_to_state, next_index
+from discovery_consul import ConsulConfig, ConsulResolver, ConsulTarget, TokenBucket, entries_to_state, next_index
 from discovery_consul._http import READ_SLACK, REQUEST_TIMEOUT, read_timeout
 from discovery_consul._resolver import _go_duration
 
-from discovery.testing import FakeClock
+from discovery.errors import ResolverError
+from discovery.testing import FakeClock, RecordingListener
 
 TARGET = ConsulTarget(host="127.0.0.1", port=8500, service="orders")
 PASSING = ConsulConfig()
@@ -207,3 +210,26 @@ def test_empty_sets_say_why() -> None:
 def test_malformed_answers_raise(answer: Any) -> None:
     with pytest.raises(ValueError):
         entries_to_state(answer, TARGET, PASSING)
+
+
+# -- one raw answer ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "headers", "body", "expected"), [
+    (200, {"X-Consul-Index": "5"}, "not json", "invalid JSON"),
+    (200, {"X-Consul-Index": "-1"}, "[]", "without a valid X-Consul-Index"),
+    (200, {"X-Consul-Index": "five"}, "[]", "without a valid X-Consul-Index"),
+    (403, {}, "Permission denied", "refused the ACL token for service 'orders' (403 Permission denied); "
+                                   "no token was sent"),
+    (502, {}, "bad gateway", "answered 502"),
+])
+def test_raw_answers_that_are_errors(code: int, headers: dict[str, str], body: str, expected: str) -> None:
+    r = ConsulResolver(TARGET, PASSING, RecordingListener())  # never started: no thread, no I/O
+    with pytest.raises(ResolverError, match=re.escape(expected)):
+        r._answer(consul.base.Response(code, headers, body))
+
+
+def test_a_raw_answer() -> None:
+    r = ConsulResolver(TARGET, PASSING, RecordingListener())
+    headers = {"X-Consul-Index": "12", "X-Consul-Results-Filtered-By-ACLs": "true"}
+    assert r._answer(consul.base.Response(200, headers, "[]")) == (12, [], True)
