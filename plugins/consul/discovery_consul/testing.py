@@ -55,6 +55,7 @@ import logging
 import math
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -257,8 +258,10 @@ class ConsulTestAgent:
     ``datacenter`` and ``node`` name the agent's own datacenter and node (its
     address is ``host``). ``acl_default_policy`` None leaves ACLs disabled;
     ``"allow"`` or ``"deny"`` enables them (anonymous requests get the
-    default policy; :meth:`add_token` adds tokens). ``seed`` fixes the wait
-    jitter for reproducible tests.
+    default policy; :meth:`add_token` adds tokens). ``tls`` is a server-side
+    ``ssl.SSLContext`` for HTTPS (make it require client certificates to
+    test ``verify_incoming``). ``seed`` fixes the wait jitter for
+    reproducible tests.
 
     :meth:`start` binds and serves on daemon threads; :meth:`stop` and
     :meth:`start` may alternate (the port stays the same). All methods are
@@ -267,7 +270,7 @@ class ConsulTestAgent:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, datacenter: str = "dc1",
                  node: str = "test-agent", acl_default_policy: str | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, tls: ssl.SSLContext | None = None) -> None:
         if acl_default_policy not in (None, "allow", "deny"):
             raise ValueError(f"acl_default_policy must be None, 'allow' or 'deny', got {acl_default_policy!r}")
         self.host = host
@@ -275,6 +278,7 @@ class ConsulTestAgent:
         self.datacenter = datacenter
         self.node = node
         self.acl_default_policy = acl_default_policy
+        self.tls = tls
         self._rng = random.Random(seed)
         self._cond = threading.Condition()
         self._dcs: dict[str, _Datacenter] = {}
@@ -302,8 +306,8 @@ class ConsulTestAgent:
 
     @property
     def url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.address}"
+        """``http://host:port`` (``https://`` with ``tls``)."""
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     @property
     def running(self) -> bool:
@@ -1259,7 +1263,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             self.connection.setblocking(False)
             try:
-                data = self.connection.recv(1, socket.MSG_PEEK)
+                # The plain socket's recv, also under TLS: it peeks at the raw stream for EOF.
+                data = socket.socket.recv(self.connection, 1, socket.MSG_PEEK)
             finally:
                 self.connection.setblocking(True)
         except (BlockingIOError, InterruptedError):
@@ -1325,6 +1330,13 @@ class _Server(http.server.ThreadingHTTPServer):
         self._resetting = False
         super().__init__(address, _Handler)
 
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = super().get_request()
+        if self.agent.tls is not None:
+            # The handshake runs on the handler thread, at its first read, not in the accept loop.
+            sock = self.agent.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
             if self._resetting:
@@ -1359,7 +1371,7 @@ class _Server(http.server.ThreadingHTTPServer):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)
+                socket.socket.shutdown(sock, socket.SHUT_RD)  # the plain socket's, also under TLS
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("consul test agent: connection from %s ended with an error", client_address, exc_info=True)
