@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import consul
 import pytest
+from consulplugin_support import MakeAgent, MakeResolver
 from discovery_consul import DEFAULT_BURST, DEFAULT_RATE, ConsulResolver, ConsulResolverBuilder
 from discovery_consul.testing import ConsulTestAgent
 
@@ -16,11 +17,6 @@ from discovery.resolver import ResolverOptions
 from discovery.target import parse_target as parse_uri
 from discovery.testing import RecordingListener
 from discovery.testing.servers import BackendServer
-
-
-class MakeAgent(Protocol):
-    def __call__(self, *, host: str = "127.0.0.1", acl_default_policy: str | None = None,
-                 tokens: Mapping[str, tuple[str, ...]] | None = None) -> ConsulTestAgent: ...
 
 
 @pytest.fixture
@@ -76,13 +72,6 @@ def backends(request: pytest.FixtureRequest) -> Callable[[int], list[BackendServ
         return out
 
     return make
-
-
-class MakeResolver(Protocol):
-    def __call__(self, query: str = "", *, config: Mapping[str, Any] | None = None, clock: Clock | None = None,
-                 rate: float = DEFAULT_RATE, burst: int = DEFAULT_BURST, env: Mapping[str, str] | None = None,
-                 service: str = "orders", authority: str | None = None,
-                 agent: ConsulTestAgent | None = None) -> tuple[ConsulResolver, RecordingListener]: ...
 
 
 @pytest.fixture

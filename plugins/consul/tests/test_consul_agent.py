@@ -12,7 +12,7 @@ from typing import Any
 import consul
 import pytest
 import requests
-from conftest import MakeAgent
+from consulplugin_support import MakeAgent
 from discovery_consul.testing import MAX_WAIT, ConsulTestAgent, parse_go_duration
 from grpc_health.v1 import health_pb2
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import MakeAgent
+from consulplugin_support import MakeAgent
 from discovery_consul.testing import ConsulTestAgent
 
 import discovery

@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Iterator
 
 import pytest
-from conftest import MakeAgent, MakeResolver
+from consulplugin_support import MakeAgent, MakeResolver
 from discovery_consul.testing import ConsulTestAgent, RecordedRequest
 
 from discovery.errors import ResolverError

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import MakeResolver
+from consulplugin_support import MakeResolver
 from discovery_consul.testing import ConsulTestAgent
 
 
