@@ -102,8 +102,8 @@ def _go_bool(text: str) -> bool:
     raise ValueError(text)
 
 
-class _HTTPError(Exception):
-    """An error answer: status code and Consul's plain-text message."""
+class _HTTPError(ValueError):
+    """An error answer: status code and Consul's plain-text message (a ValueError for programmatic callers)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -291,7 +291,6 @@ class ConsulTestAgent:
         self._checks_thread: threading.Thread | None = None
         self._generation = 0  # bumped by stop(): waiting handlers of an older generation abort
         self._running = False
-        self._last_contact_ms = 0
         self._query_counts: dict[str, int] = {}
         self._routes = self._make_routes()
         with self._cond:
@@ -392,7 +391,7 @@ class ConsulTestAgent:
         new), like ``PUT /v1/catalog/register``. ``address`` "" leaves
         ``Service.Address`` empty, so clients must use ``Node.Address``.
         ``status`` adds one check ``service:<id>`` in that state (None adds no
-        check).
+        check). Bad values raise ValueError with Consul's message.
         """
         body: dict[str, Any] = {"Name": name, "ID": service_id or name, "Port": port, "Address": address,
                                 "Tags": list(tags), "Meta": dict(meta or {})}
@@ -886,7 +885,7 @@ class ConsulTestAgent:
         if "filter" in params:
             raise _HTTPError(400, "ConsulTestAgent does not implement ?filter expressions")
         return {"X-Consul-Effective-Consistency": "stale" if stale else ("consistent" if consistent else "leader"),
-                "X-Consul-KnownLeader": "true", "X-Consul-LastContact": str(self._last_contact_ms if stale else 0)}
+                "X-Consul-KnownLeader": "true", "X-Consul-LastContact": "0"}
 
     def _block(self, dc: _Datacenter, service: str | None, min_index: int, wait: float,
                alive: Callable[[], bool]) -> None:

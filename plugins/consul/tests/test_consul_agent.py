@@ -433,3 +433,15 @@ def test_ipv6_agent(ipv6_agent: ConsulTestAgent) -> None:
     assert ipv6_agent.address.startswith("[::1]:")
     nodes = requests.get(f"{ipv6_agent.url}/v1/health/service/orders", timeout=5).json()
     assert nodes[0]["Service"]["Address"] == "::1" and nodes[0]["Node"]["Address"] == "::1"
+
+
+def test_programmatic_registration_is_validated(agent: ConsulTestAgent) -> None:
+    with pytest.raises(ValueError, match="Passing must be greater than 0"):
+        agent.register("orders", 5001, weights={"Passing": 0, "Warning": 1})
+    with pytest.raises(ValueError, match="Invalid service port"):
+        agent.register("orders", 70000)
+    with pytest.raises(KeyError):
+        agent.deregister("nope")
+    with pytest.raises(ValueError, match="status must be one of"):
+        agent.register("orders", 5001)
+        agent.set_check("service:orders", "fine")
