@@ -333,11 +333,13 @@ class ConsulResolver(WatchResolver):
         t = self._target
         code, headers, body = response.code, response.headers, response.body
         if code == 403:
-            source = (f"the token came from {self._config.token_source}" if self._config.token
-                      else "no token was sent")
+            # Say which token and where it came from, never what it is.
+            who = (f"refused the ACL token from {self._config.token_source}" if self._config.token
+                   else "got no ACL token")
             raise ResolverError(
-                f"consul at {t.agent} refused the ACL token for service {t.service!r} (403 {str(body).strip()[:200]}); "
-                f"{source}: give one with service:read on it (resolver_config token or CONSUL_HTTP_TOKEN)")
+                f"consul at {t.agent} {who} for service {t.service!r} (403 {str(body).strip()[:200]}); "
+                "a token with service:read on it is needed (resolver_config token or token_file, "
+                "or CONSUL_HTTP_TOKEN)")
         if code != 200:
             raise ResolverError(f"consul at {t.agent} answered {code} for service {t.service!r}: "
                                 f"{str(body).strip()[:300]}")

@@ -219,8 +219,8 @@ def test_malformed_answers_raise(answer: Any) -> None:
     (200, {"X-Consul-Index": "5"}, "not json", "invalid JSON"),
     (200, {"X-Consul-Index": "-1"}, "[]", "without a valid X-Consul-Index"),
     (200, {"X-Consul-Index": "five"}, "[]", "without a valid X-Consul-Index"),
-    (403, {}, "Permission denied", "refused the ACL token for service 'orders' (403 Permission denied); "
-                                   "no token was sent"),
+    (403, {}, "Permission denied", "got no ACL token for service 'orders' (403 Permission denied); "
+                                   "a token with service:read on it is needed"),
     (502, {}, "bad gateway", "answered 502"),
 ])
 def test_raw_answers_that_are_errors(code: int, headers: dict[str, str], body: str, expected: str) -> None:
