@@ -217,7 +217,6 @@ def test_config_file(agent: ConsulTestAgent, backends: Backends, tmp_path: Path)
     assert queries and all(r.token == "file-token" and r.token_source == "header" for r in queries)
 
 
-@pytest.mark.xfail(raises=AttributeError, reason="BackendSnapshot has no .zone/.attributes yet (DESIGN contract)")
 def test_attributes_are_visible_in_backends(agent: ConsulTestAgent, backends: Backends,
                                             channel: Callable[..., discovery.Channel]) -> None:
     [b0] = backends(1)
