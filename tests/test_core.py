@@ -79,3 +79,39 @@ def test_an_address_set_the_manager_cannot_apply_is_a_resolver_error_and_applies
             assert EchoStub(ch).Unary(b"", timeout=10) == servers[0].name.encode()
     finally:
         discovery.unregister_resolver("manualcore")
+
+
+@pytest.mark.parametrize("asyncio_channel", [False, True], ids=["sync", "asyncio"])
+def test_fail_fast_names_the_connection_error_though_no_rpc_failed_before(
+        start_backends, asyncio_channel: bool) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    from discovery import aio
+
+    servers = start_backends(2)
+    target = static_target(servers)
+    for s in servers:
+        s.stop()
+
+    if not asyncio_channel:
+        with discovery.insecure_channel(target) as ch:
+            wait_for(lambda: ch.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE, 10,
+                     message="channel in TRANSIENT_FAILURE")
+            wait_for(lambda: all(b.state is grpc.ChannelConnectivity.TRANSIENT_FAILURE for b in ch.backends()), 10)
+            with pytest.raises(grpc.RpcError) as info:
+                EchoStub(ch).Unary(b"", timeout=10)
+        details = info.value.details()
+    else:
+        async def run() -> str:
+            async with aio.insecure_channel(target) as ch:
+                ch.get_state(try_to_connect=True)
+                await asyncio.to_thread(wait_for, lambda: ch._core.state is grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                                        10)
+                await asyncio.to_thread(wait_for, lambda: all(b.last_error for b in ch._core.manager.backends), 10)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await EchoStub(ch).Unary(b"", timeout=10)  # type: ignore[arg-type]
+                return info.value.details() or ""
+
+        details = asyncio.run(run())
+    assert details.startswith("no backend available for static:///"), details
+    assert "Connection refused" in details, details

@@ -248,9 +248,10 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         async def launch() -> bool:
             nonlocal started
             pr = ctx.pick_now()
-            if pr is None:
+            if pr is None or (started and pr.subconn.backend in ctx.tried):
                 if started:
-                    return False  # nothing else to try now; the running ones go on
+                    # No backend left that no copy went to: the running ones go on.
+                    return False
                 pr = await ctx.pick()
             call = ctx.start(pr)
             if call is None:
