@@ -35,7 +35,7 @@ from ._futures import BridgedFuture, future_via_loop, shared_loop
 from .address import Address, ResolverState
 from .backend import Backend, BackendSnapshot, CallableKey
 from .balancer import DEFAULT_FAILURE_CODES, Balancer, ErrorPicker, Metadata, Picker, QueuePicker, SubConn
-from .clock import SYSTEM_CLOCK, Clock
+from .clock import Clock
 from .config import ServiceConfig
 from .control import ControlLoop, Timer
 from .errors import ResolverError
@@ -43,6 +43,7 @@ from .manager import SubchannelManager
 from .methodconfig import RetryPolicy
 from .resolver import Resolver
 from .retry import RetryThrottle, never_sent
+from .settings import ChannelSettings
 
 __all__ = ["Channel", "ChannelSettings"]
 
@@ -50,32 +51,6 @@ log = logging.getLogger(__name__)
 
 _C = grpc.ChannelConnectivity
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-
-
-class ChannelSettings:
-    """Knobs of the control plane (not grpc channel arguments).
-
-    ``fast_poll`` is how often backends in a transition (CONNECTING, or asked to
-    connect) are re-read; ``slow_poll`` how often every backend is (this bounds
-    how late a health-check or connection change is seen); ``drain_grace`` how
-    long a removed backend may finish its in-flight RPCs. ``clock`` is what
-    policies (ejection times) and resolvers (re-resolution) measure time with.
-    """
-
-    __slots__ = ("clock", "drain_grace", "fast_poll", "slow_poll")
-
-    def __init__(
-        self,
-        *,
-        fast_poll: float = 0.02,
-        slow_poll: float = 0.25,
-        drain_grace: float = 30.0,
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        self.fast_poll = fast_poll
-        self.slow_poll = slow_poll
-        self.drain_grace = drain_grace
-        self.clock = clock
 
 
 class _Core:
