@@ -32,7 +32,10 @@ class BlackholeProxy:
 
     ``upstream`` is ``(host, port)`` of the real server (a loopback address).
     :attr:`addr` is what the client dials. :meth:`wait_connections` waits, on
-    a condition, until that many connections were accepted.
+    a condition, until that many connections were accepted, and
+    :meth:`wait_writes` until the client's side has sent that many more
+    reads' worth of bytes (an HTTP/2 keepalive ping on an idle connection is
+    one such read: what a keepalive test counts).
     """
 
     def __init__(self, upstream: tuple[str, int], host: str = "127.0.0.1") -> None:
@@ -44,6 +47,7 @@ class BlackholeProxy:
         self._forwarding = True
         self._closed = False
         self._accepted = 0
+        self._client_writes = 0
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._start(self._accept_loop, "blackhole-proxy accept")
@@ -69,6 +73,17 @@ class BlackholeProxy:
         with self._cond:
             self._forwarding = True
             self._cond.notify_all()
+
+    @property
+    def client_writes(self) -> int:
+        """How many reads from client sockets were forwarded so far (each a burst the client sent)."""
+        with self._cond:
+            return self._client_writes
+
+    def wait_writes(self, n: int, timeout: float = 10.0) -> bool:
+        """Wait until :attr:`client_writes` reaches ``n``; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._client_writes >= n, timeout)
 
     def wait_connections(self, n: int, timeout: float = 10.0) -> bool:
         """Wait until at least ``n`` connections were accepted; False on timeout."""
@@ -132,10 +147,10 @@ class BlackholeProxy:
                 self._sockets += [client, server]
                 self._accepted += 1
                 self._cond.notify_all()
-            self._start(self._pump, "blackhole-proxy c->s", client, server)
-            self._start(self._pump, "blackhole-proxy s->c", server, client)
+            self._start(self._pump, "blackhole-proxy c->s", client, server, True)
+            self._start(self._pump, "blackhole-proxy s->c", server, client, False)
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         while True:
             try:
                 data = src.recv(_CHUNK)
@@ -155,3 +170,7 @@ class BlackholeProxy:
                 dst.sendall(data)
             except OSError:
                 return
+            if from_client:
+                with self._cond:
+                    self._client_writes += 1
+                    self._cond.notify_all()
