@@ -29,7 +29,11 @@ class Attributes(Mapping[str, Any]):
     __slots__ = ("_hash", "_items")
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()):
-        pairs = dict(items.items() if isinstance(items, Mapping) else items)
+        try:
+            pairs = dict(items.items() if isinstance(items, Mapping) else items)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"expected a mapping of attributes, got {type(items).__name__} {items!r}",
+                              key_path="attributes") from exc
         for key in pairs:
             if not isinstance(key, str):
                 raise ConfigError(f"attribute names must be strings, got {key!r}", key_path="attributes")
@@ -86,6 +90,9 @@ def host_error(host: str) -> str | None:
     """
     if not host:
         return "empty host"
+    if "@" in host:
+        # Not echoed: what precedes an '@' is userinfo, maybe a password.
+        return "a host cannot contain '@' (no userinfo in a backend address)"
     if not host.isascii():
         return (f"host {host!r} is not ASCII; write an internationalised name in its IDNA form "
                 "(xn--...)")

@@ -23,14 +23,20 @@ from .errors import TargetError
 __all__ = ["Target", "parse_channel_target", "parse_host_port", "parse_target", "redact_target", "split_host_port"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):(.*)$", re.DOTALL)
-# Userinfo: what precedes the last '@' of the authority of scheme://authority/...
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)@")
+# Userinfo: whatever precedes an '@' back to the previous '/' (the authority
+# of scheme://user:pw@host/..., or a mistyped target without a scheme).
+_USERINFO = re.compile(r"[^/@]*@")
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
 def redact_target(target: str) -> str:
-    """``target`` with any userinfo of its authority replaced by ``***``, for logs and errors."""
-    return _USERINFO.sub(r"\1***@", target, count=1)
+    """``target`` with any userinfo replaced by ``***``, for logs and errors.
+
+    Errs on the side of hiding: anything before an ``@`` outside the query
+    string goes, back to the previous ``/``.
+    """
+    head, sep, query = target.partition("?")
+    return _USERINFO.sub("***@", head) + sep + query
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,27 +146,28 @@ def split_host_port(hostport: str) -> tuple[str, str | None]:
     (:func:`parse_host_port` does); the port text is returned as it is.
     """
     s = hostport
+    shown = redact_target(hostport)  # what error messages may echo
     if not s:
         raise TargetError("empty host")
     if s.startswith("["):
         end = s.find("]")
         if end < 0:
-            raise TargetError(f"{hostport!r}: unterminated '[' in IPv6 literal")
+            raise TargetError(f"{shown!r}: unterminated '[' in IPv6 literal")
         host, rest = s[1:end], s[end + 1 :]
         if not host:
-            raise TargetError(f"{hostport!r}: empty IPv6 literal")
+            raise TargetError(f"{shown!r}: empty IPv6 literal")
         if not rest:
             return host, None
         if not rest.startswith(":") or len(rest) == 1:
-            raise TargetError(f"{hostport!r}: expected ':port' after ']'")
+            raise TargetError(f"{shown!r}: expected ':port' after ']'")
         return host, rest[1:]
     if s.count(":") > 1:
-        return _bare_ipv6(s), None
+        return _bare_ipv6(s, shown), None
     host, sep, port = s.partition(":")
     if not host:
-        raise TargetError(f"{hostport!r}: empty host")
+        raise TargetError(f"{shown!r}: empty host")
     if sep and not port:
-        raise TargetError(f"{hostport!r}: empty port after ':'")
+        raise TargetError(f"{shown!r}: empty port after ':'")
     return host, (port if sep else None)
 
 
@@ -171,20 +178,21 @@ def parse_host_port(hostport: str, default_port: int | None = 443) -> tuple[str,
     pass None to make a missing port an error.
     """
     host, port = split_host_port(hostport)
+    shown = redact_target(hostport)
     problem = host_error(host)
     if problem is not None:
-        raise TargetError(f"{hostport!r}: {problem}")
+        raise TargetError(f"{shown!r}: {problem}")
     if port is None:
         if default_port is None:
-            raise TargetError(f"{hostport!r}: a port is required")
+            raise TargetError(f"{shown!r}: a port is required")
         return host, default_port
     # ASCII digits only: str.isdigit() and int() also take '¹' or Arabic-Indic digits.
     if not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
-        raise TargetError(f"{hostport!r}: port must be a number 1..65535, got {port!r}")
+        raise TargetError(f"{shown!r}: port must be a number 1..65535, got {redact_target(port)!r}")
     return host, int(port)
 
 
-def _bare_ipv6(s: str) -> str:
+def _bare_ipv6(s: str, shown: str) -> str:
     """An unbracketed host with several ':' must be an unambiguous IPv6 address."""
     addr = s.partition("%")[0]
     try:
@@ -192,8 +200,9 @@ def _bare_ipv6(s: str) -> str:
     except ValueError:
         head, _, tail = s.rpartition(":")
         hint = f"[{head}]:{tail}" if _PORT.fullmatch(tail) and _is_ipv6(head) else "[::1]:50051"
+        # (head is an IPv6 address here, or unused: it never carries userinfo.)
         raise TargetError(
-            f"{s!r}: more than one ':' outside brackets, and not an IPv6 address; write an IPv6 address "
+            f"{shown!r}: more than one ':' outside brackets, and not an IPv6 address; write an IPv6 address "
             f"in brackets with the port after them ({hint}); any other host takes one ':port'"
         ) from None
     head, _, tail = addr.rpartition(":")
