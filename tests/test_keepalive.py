@@ -61,14 +61,9 @@ def left_ready_within(channel: discovery.Channel, timeout: float) -> float | Non
     return time.monotonic() - start
 
 
-def test_the_proxy_forwards_black_holes_and_restores(proxied: tuple[BackendServer, BlackholeProxy]) -> None:
-    server, proxy = proxied
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as raw, \
-            socket.create_connection(("127.0.0.1", server.port), timeout=5):
-        assert proxy.wait_connections(1)
-    # A plain TCP echo upstream shows the byte path exactly.
+def test_the_proxy_forwards_black_holes_and_restores() -> None:
+    # A plain TCP echo server upstream shows the byte path exactly.
     echo = socket.create_server(("127.0.0.1", 0))
-    port = echo.getsockname()[1]
 
     def serve() -> None:
         conn, _ = echo.accept()
@@ -78,20 +73,23 @@ def test_the_proxy_forwards_black_holes_and_restores(proxied: tuple[BackendServe
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    with BlackholeProxy(("127.0.0.1", port)) as p, socket.create_connection(("127.0.0.1", p.port), timeout=5) as c:
+    with BlackholeProxy(("127.0.0.1", echo.getsockname()[1])) as p, \
+            socket.create_connection(("127.0.0.1", p.port), timeout=5) as c:
+        assert p.wait_connections(1)
         c.sendall(b"one")
         assert c.recv(16) == b"one"
+        assert p.wait_writes(1)
         p.blackhole()
         c.sendall(b"two")
         c.settimeout(0.3)
         with pytest.raises(TimeoutError):
-            c.recv(16)  # held, not closed: the connection is still open
+            c.recv(16)  # nothing comes back, and the connection stays open
         p.restore()
         c.settimeout(5)
-        assert c.recv(16) == b"two"
-    echo.close()
+        assert c.recv(16) == b"two"  # what was held is delivered
     t.join(5)
-    raw.close()
+    echo.close()
+    assert not t.is_alive()
 
 
 def test_keepalive_options_derive_the_ping_timeout_for_backends() -> None:
