@@ -48,8 +48,11 @@ class BackendServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
                  max_workers: int = 16, with_health: bool = True,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+                 credentials: grpc.ServerCredentials | None = None,
+                 options: tuple[tuple[str, Any], ...] = ()) -> None:
         self.host = host
+        # grpc server arguments, e.g. the ping policy a keepalive test needs.
+        self.options = tuple(options)
         self.port = port
         self._name = name
         self.max_workers = max_workers
@@ -130,7 +133,7 @@ class BackendServer:
 
     def start(self) -> BackendServer:
         """Start (or restart on the same port). Returns self."""
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers), options=self.options)
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(self._unary, _ident, _ident),
             "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream, _ident, _ident),
