@@ -67,7 +67,7 @@ def test_consistent_and_stale() -> None:
     ("consul://h/orders?tag=", "empty tag"),
     ("consul://h/orders?stale=maybe", "stale must be true or false"),
     ("consul://h:99999/orders", "bad agent address"),
-    ("consul://h/or ders", "not a Consul service name"),
+    ("consul://h/or ders", "whitespace or a control character"),
     ("consul://h/a/b", "not a Consul service name"),
 ])
 def test_bad_targets(uri: str, message: str) -> None:
