@@ -12,15 +12,17 @@ import pytest
 import discovery
 from discovery.address import Address
 from discovery.balancer import Balancer, BalancerBuilder
-from discovery.balancers.priority_failover import PriorityFailoverBuilder
+from discovery.balancers.priority_failover import PriorityFailover, PriorityFailoverBuilder
 from discovery.balancers.ring_hash import RingHashBuilder
 from discovery.balancers.subset import SubsetBuilder
-from discovery.balancers.zone_aware import ZoneAwareBuilder
+from discovery.balancers.zone_aware import ZoneAware, ZoneAwareBuilder
 from discovery.testing import FakeClock, FakeHelper, FakeSubConn
 
 C = grpc.ChannelConnectivity
 BUILDERS: tuple[type[BalancerBuilder], ...] = (RingHashBuilder, SubsetBuilder, PriorityFailoverBuilder,
                                                 ZoneAwareBuilder)
+
+_CLASSES: dict[str, Any] = {"priority_failover": PriorityFailover, "zone_aware": ZoneAware}
 
 
 @pytest.fixture
@@ -43,7 +45,10 @@ def build(name: str, config: dict[str, Any] | None = None, **kwargs: Any) -> tup
     """A FakeHelper and the policy ``name`` built under it with ``config`` parsed as a service config would."""
     h = FakeHelper(FakeClock())
     b = discovery.get_balancer(name)
-    return h, b.build(h, b.parse_config(config or {}, key_path="lb"), **kwargs)
+    parsed = b.parse_config(config or {}, key_path="lb")
+    if kwargs:  # test-only constructor arguments (a seeded random source)
+        return h, _CLASSES[name](h, parsed, **kwargs)
+    return h, b.build(h, parsed)
 
 
 def chi_square(observed: dict[Any, int], expected: dict[Any, float]) -> float:

@@ -8,6 +8,7 @@ from bisect import bisect_left
 
 import pytest
 import xxhash
+from routing_support import CHI2_999, C, backends, build, chi_square, routing_policies
 
 import discovery
 from discovery.address import Address, Attributes
@@ -15,8 +16,6 @@ from discovery.balancer import PickResult
 from discovery.balancers.ring_hash import RING_SIZE_CAP, RingHash, build_ring, request_hash
 from discovery.errors import ConfigError
 from discovery.testing import FakeSubConn, update
-
-from routing_support import CHI2_999, C, backends, build, chi_square, routing_policies
 
 __all__ = ["routing_policies"]
 pytestmark = pytest.mark.usefixtures("routing_policies")
@@ -259,7 +258,8 @@ def test_config_errors_name_the_key(config: dict[str, object], message: str) -> 
 
 def test_grpc_spelling_and_header_case_are_accepted() -> None:
     sc = discovery.parse_service_config(
-        {"loadBalancingConfig": [{"ring_hash_experimental": {"requestHashHeader": "X-User", "minRingSize": 8, "maxRingSize": 8}}]})
+        {"loadBalancingConfig": [{"ring_hash_experimental": {"requestHashHeader": "X-User", "minRingSize": 8,
+                                                              "maxRingSize": 8}}]})
     assert sc.policy == "ring_hash"
     assert (sc.policy_config.header, sc.policy_config.max_ring_size) == ("x-user", 8)
 
