@@ -293,3 +293,23 @@ def test_rpcs_wait_while_backends_connect() -> None:
     update(rh, scs)
     state, picker = h.last
     assert state is C.CONNECTING and picker.queue and picker.pick("/m", md("a")) is None
+
+
+def test_a_failed_backend_stays_failed_while_it_retries_until_ready() -> None:
+    """gRFC A62's sticky TRANSIENT_FAILURE: keys do not wait on a failed backend's reconnects."""
+    h, rh = build("ring_hash", CFG)
+    scs = backends(3)
+    update(rh, scs)
+    home = picked(h.picker.pick("/m", md("dave")))
+    home.state = C.TRANSIENT_FAILURE
+    rh.subconn_state(home)
+    elsewhere = picked(h.picker.pick("/m", md("dave")))
+    assert elsewhere is not home
+    for state in (C.CONNECTING, C.IDLE, C.CONNECTING):
+        home.state = state
+        rh.subconn_state(home)
+        assert picked(h.picker.pick("/m", md("dave"))) is elsewhere
+    assert home.connects == 1  # idle after failing: asked to retry
+    home.state = C.READY
+    rh.subconn_state(home)
+    assert picked(h.picker.pick("/m", md("dave"))) is home

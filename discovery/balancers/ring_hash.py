@@ -17,7 +17,8 @@ values joined with ``,``). The pick is the first ring entry at or after that
 hash (binary search). If its backend is READY it gets the RPC; IDLE ones are
 asked to connect and the RPC waits, as it does for CONNECTING ones; one in
 TRANSIENT_FAILURE (or unhealthy, or ejected by a parent) passes the RPC to
-the next entry of the ring. An RPC without the header gets a random hash and
+the next entry of the ring, and stays failed while it retries until it is
+READY again (gRFC A62's sticky failure). An RPC without the header gets a random hash and
 goes to the first READY backend from there, asking at most one IDLE backend
 to connect on the way (A76). Backends connect lazily, on a pick, as in gRPC,
 except that one IDLE backend is asked to connect while the policy is
@@ -210,6 +211,8 @@ class RingHash(Balancer):
         self._generation = 0
         self._published: tuple[int, list[int]] | None = None
         self._closed = False
+        # Backends that failed and have not been READY since (sticky failure).
+        self._failed: set[SubConn] = set()
         self.rebuilds = 0  # how many rings were built (tests read it)
 
     # -- Balancer -------------------------------------------------------------
@@ -226,6 +229,7 @@ class RingHash(Balancer):
             self._ring_key = ring_key
             self._ring = _Ring(*build_ring(keys, weights, cfg.min_ring_size, cfg.max_ring_size))
             self.rebuilds += 1
+        self._failed &= set(self.subconns)
         self._results = [PickResult(sc) for sc in self.subconns]
         self._generation += 1
         self._regenerate()
@@ -235,6 +239,27 @@ class RingHash(Balancer):
 
     def close(self) -> None:
         self._closed = True
+
+    def _state(self, sc: SubConn) -> int:
+        s = sc.state
+        if s is _C.READY:
+            if sc.healthy:
+                self._failed.discard(sc)
+                return _READY
+            # Failing its health check or ejected by a parent: a failure, as
+            # gRPC's health-checked child reports it.
+            return _FAILED
+        if s is _C.TRANSIENT_FAILURE:
+            self._failed.add(sc)
+            return _FAILED
+        if sc in self._failed:
+            # Sticky TRANSIENT_FAILURE (gRFC A62): a failed backend retrying its
+            # connection stays failed until it is READY, so that the keys it lost
+            # do not wait on every retry; an idle one is asked to retry.
+            if s is _C.IDLE:
+                sc.connect()
+            return _FAILED
+        return _IDLE if s is _C.IDLE else _CONNECTING
 
     # -- picker -------------------------------------------------------------------
 
@@ -254,7 +279,7 @@ class RingHash(Balancer):
         if not subconns:
             self.helper.update_picker(_C.TRANSIENT_FAILURE, ErrorPicker("no addresses"))
             return
-        states = [_state(sc) for sc in subconns]
+        states = [self._state(sc) for sc in subconns]
         key = (self._generation, states)
         if key == self._published:
             return  # nothing a picker reads has changed
@@ -283,19 +308,6 @@ class RingHash(Balancer):
         # one backend connecting so that it can recover (gRPC does the same).
         if agg in (_C.CONNECTING, _C.TRANSIENT_FAILURE) and not connecting and idle:
             subconns[states.index(_IDLE)].connect()
-
-
-def _state(sc: SubConn) -> int:
-    s = sc.state
-    if s is _C.READY:
-        # READY but failing its health check or ejected by a parent: as gRPC's
-        # health-checked child reports it, a failure.
-        return _READY if sc.healthy else _FAILED
-    if s is _C.IDLE:
-        return _IDLE
-    if s is _C.CONNECTING:
-        return _CONNECTING
-    return _FAILED
 
 
 def _hash_key(sc: SubConn) -> str:
