@@ -1,8 +1,10 @@
 """Micro-benchmarks: pick cost, reconcile cost, discovery's per-RPC overhead, memory.
 
 - **pick**: every registered balancer, its picker built through the balancer
-  (a helper captures ``update_picker``) over READY ``FakeSubConn`` backends.
-  Goal: <= 1 us per pick.
+  (a helper captures ``update_picker``) over READY ``FakeSubConn`` backends
+  carrying a version attribute and a zone; ring_hash and subset picks carry
+  their header. Goal: <= 1 us per pick. Plus ring_hash's ring build and
+  address-set update at the largest size.
 - **reconcile**: :class:`discovery.manager.SubchannelManager` with 10,000
   addresses: the first state, an identical one (a NEW but equal
   ResolverState with new Address objects, as a resolver makes; goal <= 1 ms)
@@ -96,29 +98,96 @@ def _best_per_call(fn: Callable[[], None], loops: int, repeat: int = 5) -> float
     return best
 
 
+# Policies that need a config, and the request metadata their picks read: the
+# header a ring_hash key or a subset is chosen by (the subset is one tenth of
+# the backends: _routed_addresses gives ten versions, three zones).
+_PICK_CASES: dict[str, tuple[dict[str, Any], Any]] = {
+    "ring_hash": ({"requestHashHeader": "x-user"}, (("x-trace", "1"), ("x-user", "user-1234"))),
+    "subset": ({"header": "x-version", "attribute": "version"}, (("x-trace", "1"), ("x-version", "v3"))),
+    "zone_aware": ({"localZone": "zone-0"}, None),
+}
+
+
+def _routed_addresses(n: int) -> tuple[Address, ...]:
+    """:func:`_addresses` with the data routing policies read: a version attribute and a zone."""
+    return tuple(Address(a.host, a.port, a.weight, zone=f"zone-{i % 3}", attributes={"version": f"v{i % 10}"})
+                 for i, a in enumerate(_addresses(n)))
+
+
 def bench_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
+    from discovery.testing import update
+
     out = []
     for name, builder in sorted(_balancer_builders().items()):
+        config, metadata = _PICK_CASES.get(name, ({}, None))
         for n in sizes:
-            subs = [FakeSubConn(a, state=READY) for a in _addresses(n)]
+            subs = [FakeSubConn(a, state=READY) for a in _routed_addresses(n)]
             helper = _Capture()
             try:
-                cfg = builder.parse_config({}, key_path="loadBalancingConfig[0]")
+                cfg = builder.parse_config(config, key_path="loadBalancingConfig[0]")
                 bal = builder.build(helper, cfg)
-                bal.update(subs)
+                update(bal, subs)
             except Exception as exc:
                 out.append({"balancer": name, "backends": n, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             picker = helper.picker
             pick = picker.pick
             method = "/bench.Bench/Echo"
-            got = pick(method, None)
+            got = pick(method, metadata)
             empty = _best_per_call(lambda: None, loops)
-            per = _best_per_call(lambda pick=pick, method=method: pick(method, None), loops)
+            per = _best_per_call(lambda pick=pick, method=method, md=metadata: pick(method, md), loops)
             out.append({"balancer": name, "backends": n, "pick_us": per * 1e6,
                         "pick_us_net": max(0.0, per - empty) * 1e6, "picked": got is not None,
                         "goal_us": 1.0, "ok": per * 1e6 <= 1.0})
     return out
+
+
+def bench_spread_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
+    """zone_aware spreading RPCs over three zones (below minClusterSize): the weighted
+    choice between groups that priority_failover and zone_aware make while they spill."""
+    from discovery.testing import update
+
+    builder = _balancer_builders().get("zone_aware")
+    if builder is None:
+        return []
+    out = []
+    for n in sizes:
+        helper = _Capture()
+        bal = builder.build(helper, builder.parse_config({"localZone": "zone-0", "minClusterSize": n + 1},
+                                                         key_path="lb"))
+        update(bal, [FakeSubConn(a, state=READY) for a in _routed_addresses(n)])
+        pick = helper.picker.pick
+        empty = _best_per_call(lambda: None, loops)
+        per = _best_per_call(lambda pick=pick: pick("/bench.Bench/Echo", None), loops)
+        out.append({"balancer": "zone_aware spread", "backends": n, "pick_us": per * 1e6,
+                    "pick_us_net": max(0.0, per - empty) * 1e6, "picked": True, "goal_us": 1.0, "ok": per * 1e6 <= 1.0})
+    return out
+
+
+def bench_ring(n: int, repeat: int = 3) -> dict[str, Any]:
+    """ring_hash at ``n`` backends: building the ring (gRPC's default sizes, and one
+    large enough for ten entries per backend) and a whole address-set update."""
+    from discovery.balancers.ring_hash import build_ring
+    from discovery.testing import update
+
+    addrs = _addresses(n)
+    keys = [a.addr for a in addrs]
+    weights = [1] * n
+    default = min(_timed(lambda: build_ring(keys, weights, 1024, 4096))[0] for _ in range(repeat))
+    entries = len(build_ring(keys, weights, 1024, 4096)[0])
+    big = 10 * n
+    large = min(_timed(lambda: build_ring(keys, weights, big, big))[0] for _ in range(repeat))
+    builder = _balancer_builders().get("ring_hash")
+    update_ms = None
+    if builder is not None:
+        subs = [FakeSubConn(a, state=READY) for a in addrs]
+        times = []
+        for _ in range(repeat):
+            bal = builder.build(_Capture(), builder.parse_config({"requestHashHeader": "x-user"}, key_path="lb"))
+            times.append(_timed(lambda bal=bal: update(bal, subs))[0])
+        update_ms = min(times) * 1e3
+    return {"backends": n, "ring_default_ms": default * 1e3, "ring_default_entries": entries,
+            "ring_large_ms": large * 1e3, "ring_large_entries": big, "update_ms": update_ms}
 
 
 # -- reconcile -------------------------------------------------------------
@@ -161,9 +230,9 @@ def bench_reconcile(n: int, churn: float, real: bool, repeat: int = 5) -> dict[s
     loop = ControlLoop("bench-reconcile")
     make = _real_make_channel if real else _fake_make_channel
     try:
-        mgr = SubchannelManager(loop, make, drain_grace=0.0)
+        mgr = SubchannelManager(loop, lambda a: Backend(a, make(a)), drain_grace=0.0)
         base = _addresses(n)
-        t_create, changed = _timed(lambda: mgr.update(ResolverState(base)))
+        t_create, changed = _timed(lambda: mgr.update(ResolverState(base))[0])
         assert changed
         first = {b.addr: b for b in mgr.backends}
         # Identical: a new ResolverState of new (equal) Address objects.
@@ -172,7 +241,7 @@ def bench_reconcile(n: int, churn: float, real: bool, repeat: int = 5) -> dict[s
             t = time.perf_counter()
             st = ResolverState(tuple(Address(a.host, a.port, a.weight) for a in base))
             plain_build.append(time.perf_counter() - t)
-            dt, changed = _timed(lambda st=st: mgr.update(st))
+            dt, changed = _timed(lambda st=st: mgr.update(st)[0])
             assert not changed, "an identical state changed the backend set"
             same_times.append(dt)
         # Churn: drop the first k, add k new ones.
@@ -180,7 +249,7 @@ def bench_reconcile(n: int, churn: float, real: bool, repeat: int = 5) -> dict[s
         extra = tuple(Address(f"127.200.{i // 256}.{i % 256 + 1}", 20000 + i) for i in range(k))
         churned = base[k:] + extra
         st = ResolverState(tuple(Address(a.host, a.port, a.weight) for a in churned))
-        t_churn, changed = _timed(lambda: mgr.update(st))
+        t_churn, changed = _timed(lambda: mgr.update(st)[0])
         assert changed
         now = {b.addr: b for b in mgr.backends}
         kept = [a.addr for a in base[k:]]
@@ -216,6 +285,9 @@ class _NoopCall:
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.OK
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         fn(self)
@@ -416,7 +488,7 @@ def bench_memory_idle(n: int) -> dict[str, Any]:
         warm = _real_make_channel(Address("127.255.0.1", 1))  # grpc core's one-time init
         warm.close()
         gc.collect()
-        mgr = SubchannelManager(loop, _real_make_channel, drain_grace=0.0)
+        mgr = SubchannelManager(loop, lambda a: Backend(a, _real_make_channel(a)), drain_grace=0.0)
         tracemalloc.start()
         r0 = _rss_kib()
         s0 = tracemalloc.take_snapshot()
@@ -517,15 +589,20 @@ def _in_child(fn: str, *args: Any) -> dict[str, Any]:
 
 def run_micro(*, quick: bool = False, sizes: Sequence[int] = (10, 1000, 10000),
               reconcile_n: int = 10000, mem_idle: int = 1000, mem_connected: int = 1000,
-              out: Any = sys.stdout) -> dict[str, Any]:
-    """Run every micro-benchmark, print a table, return the numbers."""
+              out: Any = sys.stdout, only: str | None = None) -> dict[str, Any]:
+    """Run every micro-benchmark (``only="pick"``: pick costs and ring_hash's ring), print a table,
+    return the numbers."""
     from .procs import BackendProcess
 
     loops = 20000 if quick else 200000
     if quick:
         sizes, reconcile_n, mem_idle, mem_connected = (10, 1000), 1000, 100, 10
     res: dict[str, Any] = {}
-    res["pick"] = bench_pick(sizes, loops)
+    res["pick"] = bench_pick(sizes, loops) + bench_spread_pick(sizes, loops)
+    res["ring"] = bench_ring(sizes[-1])
+    if only == "pick":
+        print(format_pick(res), file=out)
+        return res
     res["reconcile"] = [bench_reconcile(reconcile_n, 0.01, real=False),
                         bench_reconcile(reconcile_n, 0.01, real=True)]
     res["hotpath"] = [bench_hotpath(n, loops // 4) for n in (10, 1000)]
@@ -537,7 +614,7 @@ def run_micro(*, quick: bool = False, sizes: Sequence[int] = (10, 1000, 10000),
     return res
 
 
-def format_micro(res: dict[str, Any]) -> str:
+def format_pick(res: dict[str, Any]) -> str:
     lines = ["pick cost (goal <= 1 us/pick)",
              f"  {'balancer':22} {'backends':>8} {'us/pick':>8} {'net us':>7}  verdict"]
     for r in res["pick"]:
@@ -546,6 +623,16 @@ def format_micro(res: dict[str, Any]) -> str:
             continue
         lines.append(f"  {r['balancer']:22} {r['backends']:8} {r['pick_us']:8.3f} {r['pick_us_net']:7.3f}  "
                      f"{'ok' if r['ok'] else 'MISSES'}")
+    r = res["ring"]
+    if r["update_ms"] is not None:
+        lines.append(f"  ring_hash at {r['backends']} backends: ring build {r['ring_default_ms']:.1f} ms "
+                     f"({r['ring_default_entries']} entries, default sizes), {r['ring_large_ms']:.1f} ms "
+                     f"({r['ring_large_entries']} entries); whole address-set update {r['update_ms']:.1f} ms")
+    return "\n".join(lines)
+
+
+def format_micro(res: dict[str, Any]) -> str:
+    lines = [format_pick(res)]
     lines.append("")
     lines.append("reconcile, SubchannelManager (goals: identical <= 1 ms, 1 % churn <= 50 ms)")
     for r in res["reconcile"]:
