@@ -226,3 +226,32 @@ def test_zone_aware_keeps_traffic_local_on_every_shape_and_spills_when_local_is_
         assert set(await aio_shapes(ch, ())) <= local
 
     aio_run(static_target(srv), sc, rc, check)
+
+
+def test_policies_from_a_config_file(servers: Any, tmp_path: Any) -> None:
+    """A TOML file (frozen tables and lists) configures subset over priority tiers end to end."""
+    srv = servers(3)
+    a, b, c = (s.addr for s in srv)
+    path = tmp_path / "discovery.toml"
+    subset = ('subset = { header = "x-version", attribute = "tags", fallback = "default_subset", '
+              'defaultSubset = { tags = "v1" }, childPolicy = [{ priority_failover = {} }] }')
+    path.write_text(f"""
+[services.orders]
+target = "static:///{a},{b},{c}"
+[services.orders.resolver.endpoints."{a}"]
+attributes = {{ tags = ["v2", "canary"] }}
+[services.orders.resolver.endpoints."{b}"]
+attributes = {{ tags = ["v2"] }}
+priority = 1
+[services.orders.resolver.endpoints."{c}"]
+attributes = {{ tags = ["v1"] }}
+[[services.orders.service_config.loadBalancingConfig]]
+{subset}
+""")
+    with discovery.channel_from_config("orders", path) as ch:
+        wait_ready(ch, 3)
+        assert set(sync_shapes(ch, (("x-version", "v2"),))) == {a}  # v2's tier 0
+        assert set(sync_shapes(ch, (("x-version", "canary"),))) == {a}
+        assert set(sync_shapes(ch, ())) == {c}  # the default subset
+        srv[0].stop()
+        wait_for(lambda: serve_by(ch, (("x-version", "v2"),)) == b, 10)  # v2 fails over to its tier 1
