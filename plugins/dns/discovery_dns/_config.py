@@ -40,7 +40,8 @@ DEFAULT_MAX_INTERVAL = 300.0
 DEFAULT_TIMEOUT = 5.0
 
 FAMILIES = ("ipv4", "ipv6")
-KEYS = ("server", "min_interval", "max_interval", "timeout", "srv", "families")
+KEYS = ("server", "min_interval", "max_interval", "timeout", "srv", "families", "srv_tiers")
+SRV_TIERS = ("lowest", "all")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -60,6 +61,9 @@ class DnsConfig:
     timeout: float = DEFAULT_TIMEOUT
     srv: bool | None = None
     families: tuple[str, ...] = FAMILIES
+    #: "lowest": only the lowest SRV priority that resolves; "all": every tier that
+    #: resolves, each with its priority (for a balancer that fails over by health).
+    srv_tiers: str = "lowest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,9 @@ def parse_config(config: Mapping[str, Any] | None) -> DnsConfig:
     timeout = parse_duration(config["timeout"], "timeout") if "timeout" in config else DEFAULT_TIMEOUT
     srv = _parse_srv(config["srv"]) if "srv" in config else None
     families = _parse_families(config["families"]) if "families" in config else FAMILIES
+    srv_tiers = config.get("srv_tiers", "lowest")
+    if srv_tiers not in SRV_TIERS:
+        raise ConfigError(f'expected "lowest" or "all", got {srv_tiers!r}', key_path="srv_tiers")
     return DnsConfig(
         server=server,
         min_interval=min_interval,
@@ -182,6 +189,7 @@ def parse_config(config: Mapping[str, Any] | None) -> DnsConfig:
         timeout=timeout,
         srv=srv,
         families=families,
+        srv_tiers=srv_tiers,
     )
 
 
