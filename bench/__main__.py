@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     m = sub.add_parser("micro", help="pick, reconcile, hot-path and memory micro-benchmarks")
     m.add_argument("--quick", action="store_true")
+    m.add_argument("--only", choices=["pick"], default=None, help="pick: only pick costs and ring_hash's ring")
     m.add_argument("--json", dest="json_path", default=None)
 
     rp = sub.add_parser("report", help="render RESULTS.md from the JSON of run/micro")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .micro import run_micro
 
-        res = run_micro(quick=args.quick)
+        res = run_micro(quick=args.quick, only=args.only)
         res["command"] = "python -m bench " + " ".join(argv)
         if args.json_path:
             with open(args.json_path, "w") as fh:

@@ -100,14 +100,31 @@ def _best_per_call(fn: Callable[[], None], loops: int, repeat: int = 5) -> float
     return best
 
 
+# Policies that need a config, and the request metadata their picks read: the
+# header a ring_hash key or a subset is chosen by (the subset is one tenth of
+# the backends: _routed_addresses gives ten versions, three zones).
+_PICK_CASES: dict[str, tuple[dict[str, Any], Any]] = {
+    "ring_hash": ({"requestHashHeader": "x-user"}, (("x-trace", "1"), ("x-user", "user-1234"))),
+    "subset": ({"header": "x-version", "attribute": "version"}, (("x-trace", "1"), ("x-version", "v3"))),
+    "zone_aware": ({"localZone": "zone-0"}, None),
+}
+
+
+def _routed_addresses(n: int) -> tuple[Address, ...]:
+    """:func:`_addresses` with the data routing policies read: a version attribute and a zone."""
+    return tuple(Address(a.host, a.port, a.weight, zone=f"zone-{i % 3}", attributes={"version": f"v{i % 10}"})
+                 for i, a in enumerate(_addresses(n)))
+
+
 def bench_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
     out = []
     for name, builder in sorted(_balancer_builders().items()):
+        config, metadata = _PICK_CASES.get(name, ({}, None))
         for n in sizes:
-            subs = [FakeSubConn(a, state=READY) for a in _addresses(n)]
+            subs = [FakeSubConn(a, state=READY) for a in _routed_addresses(n)]
             helper = FakeHelper(FakeClock())
             try:
-                cfg = builder.parse_config({}, key_path="loadBalancingConfig[0]")
+                cfg = builder.parse_config(config, key_path="loadBalancingConfig[0]")
                 bal = builder.build(helper, cfg)
                 update(bal, subs)
             except Exception as exc:
@@ -116,13 +133,58 @@ def bench_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
             picker = helper.picker
             pick = picker.pick
             method = "/bench.Bench/Echo"
-            got = pick(method, None)
+            got = pick(method, metadata)
             empty = _best_per_call(lambda: None, loops)
-            per = _best_per_call(lambda pick=pick, method=method: pick(method, None), loops)
+            per = _best_per_call(lambda pick=pick, method=method, md=metadata: pick(method, md), loops)
             out.append({"balancer": name, "backends": n, "pick_us": per * 1e6,
                         "pick_us_net": max(0.0, per - empty) * 1e6, "picked": got is not None,
                         "goal_us": 1.0, "ok": per * 1e6 <= 1.0})
     return out
+
+
+def bench_spread_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
+    """zone_aware spreading RPCs over three zones (below minClusterSize): the weighted
+    choice between groups that priority_failover and zone_aware make while they spill."""
+    builder = _balancer_builders().get("zone_aware")
+    if builder is None:
+        return []
+    out = []
+    for n in sizes:
+        helper = _Capture()
+        bal = builder.build(helper, builder.parse_config({"localZone": "zone-0", "minClusterSize": n + 1},
+                                                         key_path="lb"))
+        update(bal, [FakeSubConn(a, state=READY) for a in _routed_addresses(n)])
+        pick = helper.picker.pick
+        empty = _best_per_call(lambda: None, loops)
+        per = _best_per_call(lambda pick=pick: pick("/bench.Bench/Echo", None), loops)
+        out.append({"balancer": "zone_aware spread", "backends": n, "pick_us": per * 1e6,
+                    "pick_us_net": max(0.0, per - empty) * 1e6, "picked": True, "goal_us": 1.0, "ok": per * 1e6 <= 1.0})
+    return out
+
+
+def bench_ring(n: int, repeat: int = 3) -> dict[str, Any]:
+    """ring_hash at ``n`` backends: building the ring (gRPC's default sizes, and one
+    large enough for ten entries per backend) and a whole address-set update."""
+    from discovery.balancers.ring_hash import build_ring
+
+    addrs = _addresses(n)
+    keys = [a.addr for a in addrs]
+    weights = [1] * n
+    default = min(_timed(lambda: build_ring(keys, weights, 1024, 4096))[0] for _ in range(repeat))
+    entries = len(build_ring(keys, weights, 1024, 4096)[0])
+    big = 10 * n
+    large = min(_timed(lambda: build_ring(keys, weights, big, big))[0] for _ in range(repeat))
+    builder = _balancer_builders().get("ring_hash")
+    update_ms = None
+    if builder is not None:
+        subs = [FakeSubConn(a, state=READY) for a in addrs]
+        times = []
+        for _ in range(repeat):
+            bal = builder.build(_Capture(), builder.parse_config({"requestHashHeader": "x-user"}, key_path="lb"))
+            times.append(_timed(lambda bal=bal: update(bal, subs))[0])
+        update_ms = min(times) * 1e3
+    return {"backends": n, "ring_default_ms": default * 1e3, "ring_default_entries": entries,
+            "ring_large_ms": large * 1e3, "ring_large_entries": big, "update_ms": update_ms}
 
 
 # -- reconcile -------------------------------------------------------------
@@ -532,15 +594,20 @@ def _in_child(fn: str, *args: Any) -> dict[str, Any]:
 
 def run_micro(*, quick: bool = False, sizes: Sequence[int] = (10, 1000, 10000),
               reconcile_n: int = 10000, mem_idle: int = 1000, mem_connected: int = 1000,
-              out: Any = sys.stdout) -> dict[str, Any]:
-    """Run every micro-benchmark, print a table, return the numbers."""
+              out: Any = sys.stdout, only: str | None = None) -> dict[str, Any]:
+    """Run every micro-benchmark (``only="pick"``: pick costs and ring_hash's ring), print a table,
+    return the numbers."""
     from .procs import BackendProcess
 
     loops = 20000 if quick else 200000
     if quick:
         sizes, reconcile_n, mem_idle, mem_connected = (10, 1000), 1000, 100, 10
     res: dict[str, Any] = {}
-    res["pick"] = bench_pick(sizes, loops)
+    res["pick"] = bench_pick(sizes, loops) + bench_spread_pick(sizes, loops)
+    res["ring"] = bench_ring(sizes[-1])
+    if only == "pick":
+        print(format_pick(res), file=out)
+        return res
     res["reconcile"] = [bench_reconcile(reconcile_n, 0.01, real=False),
                         bench_reconcile(reconcile_n, 0.01, real=True)]
     res["hotpath"] = [bench_hotpath(n, loops // 4) for n in (10, 1000)]
@@ -552,7 +619,7 @@ def run_micro(*, quick: bool = False, sizes: Sequence[int] = (10, 1000, 10000),
     return res
 
 
-def format_micro(res: dict[str, Any]) -> str:
+def format_pick(res: dict[str, Any]) -> str:
     lines = ["pick cost (goal <= 1 us/pick)",
              f"  {'balancer':22} {'backends':>8} {'us/pick':>8} {'net us':>7}  verdict"]
     for r in res["pick"]:
@@ -561,6 +628,16 @@ def format_micro(res: dict[str, Any]) -> str:
             continue
         lines.append(f"  {r['balancer']:22} {r['backends']:8} {r['pick_us']:8.3f} {r['pick_us_net']:7.3f}  "
                      f"{'ok' if r['ok'] else 'MISSES'}")
+    r = res["ring"]
+    if r["update_ms"] is not None:
+        lines.append(f"  ring_hash at {r['backends']} backends: ring build {r['ring_default_ms']:.1f} ms "
+                     f"({r['ring_default_entries']} entries, default sizes), {r['ring_large_ms']:.1f} ms "
+                     f"({r['ring_large_entries']} entries); whole address-set update {r['update_ms']:.1f} ms")
+    return "\n".join(lines)
+
+
+def format_micro(res: dict[str, Any]) -> str:
+    lines = [format_pick(res)]
     lines.append("")
     lines.append("reconcile, SubchannelManager (goals: identical <= 1 ms, 1 % churn <= 50 ms)")
     for r in res["reconcile"]:

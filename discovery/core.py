@@ -279,13 +279,16 @@ class ChannelCore:
 
     # -- data plane helpers (any thread) ----------------------------------
 
-    def explain(self, picker: Picker) -> str:
-        parts = [f"no backend available for {self.target}: {picker.reason}"]
+    def explain(self, picker: Picker, reason: str | None = None) -> str:
+        """The details of an RPC nothing could be picked for; ``reason`` is the picker's
+        answer for that RPC (:meth:`Picker.why_none`), else its general one."""
+        reason = picker.reason if reason is None else reason
+        parts = [f"no backend available for {self.target}: {reason}"]
         if self.resolver_note:
             parts.append(self.resolver_note)
         if self.resolver_error:
             parts.append(f"last resolver error: {self.resolver_error}")
-        if "last connection error" not in picker.reason:
+        if "last connection error" not in reason:
             # The picker's reason was written when it was built; a connection
             # error learned since (an asyncio backend's probe) is told here.
             errors = [f"{b.addr}: {b.last_error}" for b in self.manager.backends if b.last_error]
@@ -294,13 +297,13 @@ class ChannelCore:
                 parts.append(f"last connection error: {last}")
         return "; ".join(parts)
 
-    def no_pick_error(self, picker: Picker, deadline_passed: bool) -> LocalRpcError:
+    def no_pick_error(self, picker: Picker, deadline_passed: bool, reason: str | None = None) -> LocalRpcError:
         if self.closed:
             return LocalRpcError(grpc.StatusCode.CANCELLED, "the channel is closed")
         if deadline_passed:
             return LocalRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                 "deadline exceeded while waiting for a backend: " + self.explain(picker))
-        return LocalRpcError(_UNAVAILABLE, self.explain(picker))
+                                 "deadline exceeded while waiting for a backend: " + self.explain(picker, reason))
+        return LocalRpcError(_UNAVAILABLE, self.explain(picker, reason))
 
     def pick_avoiding(self, method: str, metadata: Metadata | None, tried: list[Any]) -> PickResult | None:
         """A pick whose backend is not in ``tried`` when the picker offers one (at most
@@ -332,9 +335,12 @@ class ChannelCore:
                 if r is not None:
                     return r
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if self.closed or (not picker.queue and not wait_for_ready) or (
+                # Whether this RPC waits, and why it failed, can depend on the RPC
+                # (the subset its header asks for): the picker says, per RPC.
+                queue, reason = picker.why_none(method, metadata)
+                if self.closed or (not queue and not wait_for_ready) or (
                         remaining is not None and remaining <= 0):
-                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0)
+                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0, reason)
                 self.cond.wait(remaining)
 
     async def wait_pick_async(self, method: str, metadata: Metadata | None, deadline: float | None,
@@ -348,9 +354,12 @@ class ChannelCore:
                 if r is not None and not self.closed:
                     return r
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if self.closed or (not picker.queue and not wait_for_ready) or (
+                # Whether this RPC waits, and why it failed, can depend on the RPC
+                # (the subset its header asks for): the picker says, per RPC.
+                queue, reason = picker.why_none(method, metadata)
+                if self.closed or (not queue and not wait_for_ready) or (
                         remaining is not None and remaining <= 0):
-                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0)
+                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0, reason)
                 fut: asyncio.Future[None] = loop.create_future()
                 self._async_waiters.append((loop, fut))
             # A timer of our own rather than asyncio.wait_for: the futures loop

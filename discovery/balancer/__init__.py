@@ -157,6 +157,17 @@ class Picker(abc.ABC):
     def pick(self, method: str, metadata: Metadata | None) -> PickResult | None:
         """Pick a backend for ``method``. Never blocks, takes no lock."""
 
+    def why_none(self, method: str, metadata: Metadata | None) -> tuple[bool, str]:
+        """``(queue, reason)`` for an RPC ``pick`` just found nothing for.
+
+        The default is the picker's own :attr:`queue` and :attr:`reason`. A
+        picker that routes by request (a subset per header value, a tier per
+        pick) overrides it, so that an RPC waits or fails by the state of the
+        part it was routed to and its UNAVAILABLE says what it asked for. A
+        picker that wraps another forwards this call. Never blocks.
+        """
+        return self.queue, self.reason
+
 
 class QueuePicker(Picker):
     """Nothing ready yet but something is connecting: RPCs wait for a new picker."""

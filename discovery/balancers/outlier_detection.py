@@ -160,6 +160,9 @@ class _Picker(Picker):
 
         return PickResult(r.subconn, done)
 
+    def why_none(self, method: str, metadata: Metadata | None) -> tuple[bool, str]:
+        return self._child.why_none(method, metadata)
+
 
 class _ChildHelper(DelegatingHelper):
     def __init__(self, od: OutlierDetection) -> None:

@@ -41,7 +41,8 @@ DEFAULT_MAX_INTERVAL = 300.0
 DEFAULT_TIMEOUT = 5.0
 
 FAMILIES = ("ipv4", "ipv6")
-KEYS = ("server", "min_interval", "max_interval", "timeout", "srv", "families", "hosts_file")
+KEYS = ("server", "min_interval", "max_interval", "timeout", "srv", "families", "hosts_file", "srv_tiers")
+SRV_TIERS = ("lowest", "all")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -65,6 +66,9 @@ class DnsConfig:
     srv: bool | None = None
     families: tuple[str, ...] = FAMILIES
     hosts_file: str | None = None
+    #: "lowest": only the lowest SRV priority that resolves; "all": every tier that
+    #: resolves, each with its priority (for a balancer that fails over by health).
+    srv_tiers: str = "lowest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +197,9 @@ def parse_config(config: Mapping[str, Any] | None) -> DnsConfig:
     hosts_file = _parse_hosts_file(config["hosts_file"]) if "hosts_file" in config else None
     if server is not None and hosts_file is not None:
         raise ConfigError("the hosts file is not consulted when a DNS server is given", key_path="hosts_file")
+    srv_tiers = config.get("srv_tiers", "lowest")
+    if srv_tiers not in SRV_TIERS:
+        raise ConfigError(f'expected "lowest" or "all", got {srv_tiers!r}', key_path="srv_tiers")
     return DnsConfig(
         server=server,
         min_interval=min_interval,
@@ -201,6 +208,7 @@ def parse_config(config: Mapping[str, Any] | None) -> DnsConfig:
         srv=srv,
         families=families,
         hosts_file=hosts_file,
+        srv_tiers=srv_tiers,
     )
 
 

@@ -193,14 +193,16 @@ def resolve_host_set(q: Querier, host: str, port: int, families: Iterable[str]) 
     return Lookup(_dedupe(addresses), ttl, why)
 
 
-def resolve_srv(q: Querier, name: str, families: Iterable[str]) -> Lookup:
+def resolve_srv(q: Querier, name: str, families: Iterable[str], *, all_tiers: bool = False) -> Lookup:
     """SRV mode: the lowest priority tier with at least one resolvable target.
 
     Weights and priorities go to :attr:`Address.weight` / :attr:`Address.priority`.
     Higher tiers are used only when no target of a lower tier resolves to an
     address ("usable" means resolvable here; failover on backend health is the
     balancer's job). A transient failure in a tier is an error for the round,
-    never a reason to fail over.
+    never a reason to fail over. With ``all_tiers`` every tier that resolves
+    is published, each address with its priority, for a balancer such as
+    ``priority_failover`` to fail over by health.
     """
     families = tuple(families)
     ans = q.query(name, dns.rdatatype.SRV)
@@ -226,6 +228,8 @@ def resolve_srv(q: Querier, name: str, families: Iterable[str]) -> Lookup:
         return Lookup((), None, f"SRV records for {shown} name no usable target: {', '.join(skipped)}")
     hosts: dict[str, tuple[list[Address], float | None, str]] = {}
     reasons: list[str] = []
+    every: list[Address] = []
+    every_ttl: float | None = ans.ttl
     for priority, tier in itertools.groupby(records, key=lambda r: r[0]):
         found: list[Address] = []
         ttl: float | None = ans.ttl
@@ -239,6 +243,12 @@ def resolve_srv(q: Querier, name: str, families: Iterable[str]) -> Lookup:
             found.extend(Address(a.host, port, weight=-neg_weight, priority=priority) for a in addrs)
             if host_ttl is not None:
                 ttl = host_ttl if ttl is None else min(ttl, host_ttl)
-        if found:
+        if found and not all_tiers:
             return Lookup(_dedupe(found), ttl)
+        if found:
+            every.extend(found)
+            every_ttl = ttl if every_ttl is None or (ttl is not None and ttl < every_ttl) else every_ttl
+    if every:
+        # An address in two tiers keeps the lower one (records are sorted by priority).
+        return Lookup(_dedupe(every), every_ttl)
     return Lookup((), None, f"no SRV target of {shown} resolves: {'; '.join(reasons)}")

@@ -171,7 +171,7 @@ class DnsResolver(PollingResolver):
         q = self._querier_for()
         t = self._target
         if t.srv:
-            return resolve_srv(q, t.host, self._config.families)
+            return resolve_srv(q, t.host, self._config.families, all_tiers=self._config.srv_tiers == "all")
         assert t.port is not None
         return resolve_host_set(q, t.host, t.port, self._config.families)
 

@@ -138,6 +138,26 @@ def test_srv_ports_weights_and_priority_failover(
     assert listener.errors == []
 
 
+def test_srv_all_tiers_publishes_every_tier_that_resolves(
+    knot: KnotServer, clock: FakeClock, make_resolver: MakeResolver
+) -> None:
+    _r, listener = make_resolver(target(knot, "_grpc._tcp.svc.test.internal"), srv_tiers="all")
+    state = listener.wait_for_state()
+    assert state.addresses == (
+        Address("127.0.0.6", 50061, weight=30, priority=1),
+        Address("127.0.0.7", 50062, weight=70, priority=1),
+        Address("::1", 50062, weight=70, priority=1),
+        Address("127.0.0.2", 50071, weight=5, priority=2),
+        Address("127.0.0.3", 50071, weight=5, priority=2),
+        Address("127.0.0.4", 50071, weight=5, priority=2),
+    )
+    knot.set("dead", "A", "127.0.0.8")
+    advance(clock, 2.0)
+    state = listener.wait_for_state(lambda s: any(a.priority == 0 for a in s.addresses))
+    assert [(a.addr, a.priority) for a in state.addresses][:2] == [("127.0.0.8:50051", 0), ("127.0.0.6:50061", 1)]
+    assert listener.errors == []
+
+
 def test_srv_duplicates_are_merged_heaviest_first(knot: KnotServer, make_resolver: MakeResolver) -> None:
     _, listener = make_resolver(target(knot, "_grpc._tcp.dup.test.internal"))
     assert listener.wait_for_state().addresses == (
