@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from . import observe
 from ._calls import LocalRpcError
 from .address import Address, ResolverState
 from .attempts import RetryThrottle
@@ -88,6 +89,8 @@ class ChannelCore:
         self._ejected: set[str] = set()
         # The event loop of an asyncio channel, once known (its backends' channels live there).
         self.aio_loop: asyncio.AbstractEventLoop | None = None
+        # Observability: control-plane counters, read by discovery.metrics when asked.
+        self.stats = observe.ChannelStats()
 
     # -- ResolverListener (any thread) ------------------------------------
 
@@ -129,6 +132,8 @@ class ChannelCore:
         b = subconn.backend
         b.ejected = ejected
         (self._ejected.add if ejected else self._ejected.discard)(b.addr)
+        if ejected:  # observability: discovery_ejections_total
+            self.stats.ejections[b.addr] = self.stats.ejections.get(b.addr, 0) + 1
 
     # -- control thread ---------------------------------------------------
 
@@ -148,6 +153,9 @@ class ChannelCore:
             log.exception("cannot apply the address set of %s", self.target, extra={"target": self.target})
             self._on_resolver_error(ResolverError(f"cannot use the resolved addresses: {exc}"))
             return
+        self.stats.resolver_updates += 1  # observability: discovery_resolver_updates_total
+        for b in removed:
+            self.stats.ejections.pop(b.addr, None)
         self.resolver_note = state.note
         self.resolver_error = ""
         self._logged_resolver_error = ""
@@ -162,6 +170,7 @@ class ChannelCore:
     def _on_resolver_error(self, error: ResolverError) -> None:
         if self.closed:
             return
+        self.stats.resolver_errors += 1  # observability: discovery_resolver_errors_total
         self.resolver_error = str(error)
         if self.resolver_error != self._logged_resolver_error:
             # Logged once per change: a registry that stays down does not flood the log.
@@ -464,3 +473,4 @@ def assemble(core: ChannelCore, make_backend: Callable[[Address], Backend],
     except BaseException:
         core.loop.stop()
         raise
+    observe.register_channel(core)  # observability: metrics cover every channel, made before or after
