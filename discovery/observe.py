@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .attempts import Attempts
@@ -37,8 +40,8 @@ if TYPE_CHECKING:
     from .balancer import DoneInfo
     from .core import ChannelCore
 
-__all__ = ["ChannelStats", "Observer", "add_observer", "channels", "observers", "register_channel",
-           "remove_observer"]
+__all__ = ["ChannelStats", "ObservabilityConfig", "Observer", "add_observer", "apply_observability", "channels",
+           "observers", "parse_observability", "register_channel", "remove_observer"]
 
 
 class Observer:
@@ -151,3 +154,80 @@ def channels() -> Iterator[ChannelCore]:
         found = list(_channels)
     return (c for c in found if not c.closed)
 
+
+
+# -- the [observability] table of a config file ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ObservabilityConfig:
+    """A config file's ``[observability]`` table, validated.
+
+    ``prometheus`` turns on :func:`discovery.metrics.enable_prometheus` (the
+    default registry); ``prometheus_port`` also serves ``/metrics`` there on
+    ``prometheus_addr`` (default 127.0.0.1); ``tracing`` turns on
+    :func:`discovery.otel.enable_tracing`.
+    """
+
+    prometheus: bool = False
+    prometheus_port: int | None = None
+    prometheus_addr: str = "127.0.0.1"
+    tracing: bool = False
+
+
+_OBS_KEYS = {"prometheus", "prometheus_port", "prometheus_addr", "tracing"}
+
+
+def parse_observability(raw: Any, source: str | None = None, key_path: str = "observability"
+                        ) -> ObservabilityConfig:
+    """Validate an ``[observability]`` table; ConfigError names the key and what was expected."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"expected a table, got {raw!r}", source=source, key_path=key_path)
+    unknown = set(raw) - _OBS_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(map(str, unknown))}; expected some of {sorted(_OBS_KEYS)}",
+                          source=source, key_path=key_path)
+    for key in ("prometheus", "tracing"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise ConfigError(f"expected true or false, got {raw[key]!r}", source=source,
+                              key_path=f"{key_path}.{key}")
+    port = raw.get("prometheus_port")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
+        raise ConfigError(f"expected a port number 1..65535, got {port!r}", source=source,
+                          key_path=f"{key_path}.prometheus_port")
+    addr = raw.get("prometheus_addr", "127.0.0.1")
+    if not isinstance(addr, str) or not addr:
+        raise ConfigError(f"expected an address to listen on, such as \"127.0.0.1\", got {addr!r}",
+                          source=source, key_path=f"{key_path}.prometheus_addr")
+    prometheus = bool(raw.get("prometheus", port is not None))
+    if port is not None and not prometheus:
+        raise ConfigError("prometheus_port needs prometheus = true", source=source,
+                          key_path=f"{key_path}.prometheus_port")
+    return ObservabilityConfig(prometheus, port, addr, bool(raw.get("tracing", False)))
+
+
+_served: set[tuple[str, int]] = set()
+
+
+def apply_observability(cfg: ObservabilityConfig) -> None:
+    """Turn on what ``cfg`` asks for (idempotent: a second channel from the same file changes nothing).
+
+    Raises ImportError saying which extra to install when prometheus_client or
+    opentelemetry-api is missing; OSError when the metrics port is taken.
+    """
+    if cfg.prometheus:
+        from .metrics import enable_prometheus
+
+        enable_prometheus()
+        if cfg.prometheus_port is not None:
+            from prometheus_client import start_http_server
+
+            where = (cfg.prometheus_addr, cfg.prometheus_port)
+            with _lock:
+                if where not in _served:
+                    start_http_server(cfg.prometheus_port, addr=cfg.prometheus_addr)
+                    _served.add(where)
+    if cfg.tracing:
+        from .otel import enable_tracing
+
+        enable_tracing()
