@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from .core import ChannelCore
 
 __all__ = ["ChannelStats", "ObservabilityConfig", "Observer", "add_observer", "apply_observability", "channels",
-           "observers", "parse_observability", "register_channel", "remove_observer"]
+           "observers", "parse_observability", "register_channel", "remove_observer",
+           "stop_metrics_servers"]
 
 
 class Observer:
@@ -206,7 +207,8 @@ def parse_observability(raw: Any, source: str | None = None, key_path: str = "ob
     return ObservabilityConfig(prometheus, port, addr, bool(raw.get("tracing", False)))
 
 
-_served: set[tuple[str, int]] = set()
+# (addr, port) -> the HTTP server a config file started there.
+_served: dict[tuple[str, int], Any] = {}
 
 
 def apply_observability(cfg: ObservabilityConfig) -> None:
@@ -225,9 +227,19 @@ def apply_observability(cfg: ObservabilityConfig) -> None:
             where = (cfg.prometheus_addr, cfg.prometheus_port)
             with _lock:
                 if where not in _served:
-                    start_http_server(cfg.prometheus_port, addr=cfg.prometheus_addr)
-                    _served.add(where)
+                    server, _thread = start_http_server(cfg.prometheus_port, addr=cfg.prometheus_addr)
+                    _served[where] = server
     if cfg.tracing:
         from .otel import enable_tracing
 
         enable_tracing()
+
+
+def stop_metrics_servers() -> None:
+    """Stop the ``/metrics`` HTTP servers config files started (``prometheus_port``). Blocks briefly."""
+    with _lock:
+        servers = list(_served.values())
+        _served.clear()
+    for server in servers:
+        server.shutdown()
+        server.server_close()
