@@ -2,12 +2,14 @@
 
 ::
 
-    import discovery, discovery.otel, grpc
-    from opentelemetry.instrumentation.grpc import client_interceptor
+    import discovery, discovery.otel
 
-    discovery.otel.enable_tracing()
-    channel = grpc.intercept_channel(discovery.insecure_channel("dns:///orders.internal:50051"),
-                                     client_interceptor())
+    orders = discovery.insecure_channel("dns:///orders.internal:50051")
+    channel = discovery.otel.instrument_channel(orders)   # then stubs on `channel`
+
+which is the standard instrumentation applied by hand (``intercept_channel``
+of ``opentelemetry.instrumentation.grpc.grpcext`` with its
+``client_interceptor()``) plus :func:`enable_tracing`.
 
 With the standard grpc client instrumentation (``opentelemetry-instrumentation-grpc``)
 applied to a discovery channel, every call gets a client span as with a
@@ -43,11 +45,11 @@ Blocking: nothing here blocks; :func:`enable_tracing` is thread-safe.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 try:
     from opentelemetry import trace
-    from opentelemetry.trace import Span, SpanKind
+    from opentelemetry.trace import Span, SpanKind, TracerProvider
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("discovery.otel needs opentelemetry-api: pip install 'grpc-discovery[otel]'") from exc
 
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
     from .core import ChannelCore
 
 __all__ = ["EVENT_HEDGE", "EVENT_RETRY", "EVENT_TRANSPARENT_RETRY", "TracingObserver", "disable_tracing",
-           "enable_tracing", "tracing_enabled"]
+           "enable_tracing", "instrument_channel", "tracing_enabled"]
 
 EVENT_RETRY = "discovery.retry"
 EVENT_HEDGE = "discovery.hedge"
@@ -111,6 +113,28 @@ class TracingObserver(observe.Observer):
         if span is not None:
             a = backend.address
             span.set_attributes({"server.address": a.host, "server.port": a.port})
+
+
+def instrument_channel(channel: grpc.Channel, *, tracer_provider: TracerProvider | None = None,
+                       **kwargs: Any) -> grpc.Channel:
+    """``channel`` wrapped in the standard grpc client instrumentation, with :func:`enable_tracing` on.
+
+    The same as ``opentelemetry.instrumentation.grpc.grpcext.intercept_channel(channel,
+    client_interceptor(tracer_provider, **kwargs))`` (``kwargs``: ``filter_``,
+    ``request_hook``, ``response_hook``). Needs ``opentelemetry-instrumentation-grpc``.
+    The result is a plain ``grpc.Channel``: keep the discovery channel for
+    ``backends()`` and ``close()``.
+    """
+    try:
+        from opentelemetry.instrumentation.grpc import client_interceptor
+        from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
+    except ImportError as exc:
+        raise ImportError("discovery.otel.instrument_channel needs the grpc instrumentation: "
+                          "pip install opentelemetry-instrumentation-grpc") from exc
+    enable_tracing()
+    interceptor = client_interceptor(tracer_provider=tracer_provider, **kwargs)  # type: ignore[no-untyped-call]
+    wrapped: grpc.Channel = intercept_channel(channel, interceptor)  # type: ignore[no-untyped-call]
+    return wrapped
 
 
 def enable_tracing() -> TracingObserver:
