@@ -19,7 +19,8 @@ from ._lookup import Lookup, Querier, resolve_host_set, resolve_srv
 
 __all__ = ["DnsResolver", "DnsResolverBuilder"]
 
-log = logging.getLogger("discovery_dns")
+# The resolver logger of the dns scheme (see the README, "Logging").
+log = logging.getLogger("discovery.resolver.dns")
 
 
 def _system_resolver() -> dns.resolver.Resolver:
@@ -56,6 +57,7 @@ class DnsResolver(Resolver):
         resolver_factory: Callable[[], dns.resolver.Resolver] | None = None,
     ) -> None:
         self._target = target
+        self._extra = {"target": target.display}  # on every log record (README, "Logging")
         self._config = config
         self._listener = listener
         self._clock = clock
@@ -149,7 +151,7 @@ class DnsResolver(Resolver):
             while self._wait_until_due():
                 self._round()
         except BaseException:  # pragma: no cover - the loop itself catches everything
-            log.exception("dns resolver thread for %s died", self._target.display)
+            log.exception("dns resolver thread for %s died", self._target.display, extra=self._extra)
 
     def _wait_until_due(self) -> bool:
         """Block until a lookup is due; False once closed."""
@@ -178,7 +180,7 @@ class DnsResolver(Resolver):
             lookup = self._lookup()
         except ResolverError as err:
             self._schedule(self._retry_delay())
-            log.debug("dns lookup of %s failed: %s", self._target.display, err)
+            log.debug("dns lookup of %s failed: %s", self._target.display, err, extra=self._extra)
             self._emit_error(err)
             return
         except Exception as exc:  # never let a bad answer kill the thread
@@ -187,7 +189,7 @@ class DnsResolver(Resolver):
             )
             unexpected.__cause__ = exc
             self._schedule(self._retry_delay())
-            log.warning("%s", unexpected, exc_info=True)
+            log.warning("%s", unexpected, exc_info=True, extra=self._extra)
             self._emit_error(unexpected)
             return
         if lookup.addresses:
@@ -250,7 +252,8 @@ class DnsResolver(Resolver):
             try:
                 self._listener.update_state(state)
             except Exception:
-                log.exception("resolver listener failed on update_state for %s", self._target.display)
+                log.exception("resolver listener failed on update_state for %s", self._target.display,
+                              extra=self._extra)
 
     def _emit_error(self, err: ResolverError) -> None:
         with self._emit_lock:
@@ -260,7 +263,8 @@ class DnsResolver(Resolver):
             try:
                 self._listener.report_error(err)
             except Exception:
-                log.exception("resolver listener failed on report_error for %s", self._target.display)
+                log.exception("resolver listener failed on report_error for %s", self._target.display,
+                              extra=self._extra)
 
 
 class DnsResolverBuilder(ResolverBuilder):
