@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--modes", type=_csv, default=["sync", "future", "threads", "aio"],
                    help="comma list of sync,future,threads,aio (default all; aio = grpc.aio channels, "
                         "32 tasks awaiting unary calls)")
-    r.add_argument("--variants", type=_csv, default=["A", "B", "D"], help="comma list (default A,B,D)")
+    r.add_argument("--variants", type=_csv, default=["A", "B", "D"],
+                   help="comma list (default A,B,D; DM = D with Prometheus metrics on, compared with D)")
     r.add_argument("--designs", type=_csv, default=["D-old"],
                    help="extra future designs, run in the future mode only "
                         "(default D-old; any of D-old,S,P,K; '' for none)")
