@@ -322,3 +322,47 @@ def test_backends_watch_follows_changes(start_backends: Start, tmp_path: Path,
     code, err = w.interrupt()
     assert code == 130
     assert "Traceback" not in err
+
+
+def test_backends_watch_on_a_terminal_is_a_live_table(start_backends: Start, tmp_path: Path) -> None:
+    pytest.importorskip("rich")
+    import pty
+
+    (server,) = start_backends(1)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "discovery", "backends", "echo", "--config",
+                             str(_config(tmp_path, [server])), "--watch", "--interval", "0.1"],
+                            cwd=ROOT, env={**ENV, "COLUMNS": "160", "TERM": "xterm"}, stdin=slave, stdout=slave,
+                            stderr=subprocess.PIPE, text=False)
+    os.close(slave)
+    seen = b""
+    found = threading.Event()
+
+    def read() -> None:
+        nonlocal seen
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen += chunk
+            if b"READY" in seen and server.addr.encode() in seen and "│".encode() in seen:
+                found.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert found.wait(20), seen[-2000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 130
+        assert proc.stderr is not None
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+        if proc.stderr is not None:
+            proc.stderr.close()
