@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--modes", type=_csv, default=["sync", "future", "threads", "aio"],
                    help="comma list of sync,future,threads,aio (default all; aio = grpc.aio channels, "
                         "32 tasks awaiting unary calls)")
-    r.add_argument("--variants", type=_csv, default=["A", "B", "D"], help="comma list (default A,B,D)")
+    r.add_argument("--variants", type=_csv, default=["A", "B", "D"],
+                   help="comma list (default A,B,D; DM = D with Prometheus metrics on, compared with D)")
     r.add_argument("--quick", action="store_true", help="tiny counts: a smoke test (< 30 s)")
     r.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
 

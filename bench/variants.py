@@ -10,8 +10,9 @@ measuring: its connections are made and its first RPCs done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ LABELS = {
     "A": "grpc.insecure_channel, 1 backend (floor)",
     "B": "grpcio native round_robin, N backends",
     "D": "discovery round_robin, N backends; futures on one shared grpc.aio loop",
+    "DM": "D with Prometheus metrics on (discovery.metrics, observer installed only while DM is measured)",
 }
 
 # The same letters in the aio mode.
@@ -38,6 +40,7 @@ AIO_LABELS = {
     "B": "grpc.aio.insecure_channel, grpcio native round_robin over N backends (ipv4: target)",
     "D": "discovery.aio.insecure_channel, round_robin over N backends (static: target; one grpc.aio channel "
          "per backend, on the mode's loop)",
+    "DM": "D (aio) with Prometheus metrics on (only while DM is measured)",
 }
 
 AIO_NOTE = (
@@ -58,6 +61,8 @@ class Variant:
     mc: Any
     undo: Callable[[], None] = field(default=lambda: None)
     loop: asyncio.AbstractEventLoop | None = None  # a grpc.aio channel's loop (aio variants)
+    # What the harness runs around each measured loop of this variant (DM: metrics on).
+    active: Callable[[], contextlib.AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
 
     def close(self) -> None:
         try:
@@ -89,6 +94,32 @@ def _warm(mc: Any, n: int, futures: int = 64) -> None:
             f.result()
 
 
+def _metrics_on() -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A context manager factory that turns Prometheus metrics on (process-wide) while it is entered.
+
+    One :class:`~discovery.metrics.PrometheusMetrics` for the whole run, so its
+    per-label children are made once, as in a long-running client; only the
+    observer is added and removed around each measured loop.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from discovery import observe
+    from discovery.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics(CollectorRegistry())
+    metrics.register()
+
+    @contextlib.contextmanager
+    def on() -> Iterator[None]:
+        observe.add_observer(metrics)
+        try:
+            yield
+        finally:
+            observe.remove_observer(metrics)
+
+    return on
+
+
 def build(name: str, targets: list[str], warm_rpcs: int | None = None) -> Variant:
     """Open, connect and warm up variant ``name`` over ``targets``."""
     n = len(targets)
@@ -112,6 +143,12 @@ def build(name: str, targets: list[str], warm_rpcs: int | None = None) -> Varian
         time.sleep(min(2.0, 0.2 + n / 500))
         _warm(mc, warm)
         return Variant(name, ch, mc)
+    if name == "DM":
+        v = build("D", targets, warm_rpcs)
+        v.name, v.active = "DM", _metrics_on()
+        with v.active():
+            _warm(v.mc, warm)  # the metrics' label children exist before measuring
+        return v
     if name == "D":
         ch = discovery.insecure_channel("static:///" + ",".join(targets), service_config=RR)
         _wait_discovery_ready(ch, n)
@@ -163,7 +200,7 @@ async def _build_aio(name: str, targets: list[str], warm: int) -> tuple[Any, Any
         await asyncio.sleep(min(2.0, 0.2 + n / 500))  # every subchannel READY, as in build()
         await _warm_aio(mc, warm)
         return ch, mc
-    if name == "D":
+    if name in ("D", "DM"):
         dch = discovery.aio.insecure_channel("static:///" + ",".join(targets), service_config=RR)
         await _wait_discovery_aio_ready(dch, n)
         mc = dch.unary_unary(ECHO)
@@ -179,4 +216,9 @@ def build_aio(name: str, targets: list[str], loop: asyncio.AbstractEventLoop,
     """Open, connect and warm up the grpc.aio variant ``name`` on ``loop`` (run here, on this thread)."""
     warm = warm_rpcs if warm_rpcs is not None else max(100, 3 * len(targets))
     ch, mc = loop.run_until_complete(_build_aio(name, targets, warm))
-    return Variant(name, ch, AioTarget(loop, mc), loop=loop)
+    v = Variant(name, ch, AioTarget(loop, mc), loop=loop)
+    if name == "DM":
+        v.active = _metrics_on()
+        with v.active():
+            loop.run_until_complete(_warm_aio(mc, warm))
+    return v

@@ -16,11 +16,13 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from . import observe
+from ._grpc_compat import plain_aio_channel, plain_channel
 from .address import Address, Attributes, ResolverState
 from .backend import BackendSnapshot
 from .balancer import Balancer, BalancerBuilder, BalancerHelper, Picker, SubConn
 from .channel import Channel, build_channel
-from .config import ServiceConfig, load_config_file, parse_service_config, resolve_service_config
+from .config import ServiceConfig, load_config, parse_service_config, resolve_service_config
 from .errors import (
     ConfigError,
     DiscoveryError,
@@ -145,16 +147,14 @@ def _open(
     if authority and "grpc.default_authority" not in names:
         backend_opts.append(("grpc.default_authority", authority))
 
+    # grpc's own channels even when an instrumentation patched grpc.insecure_channel
+    # (see discovery._grpc_compat): interceptors belong on the discovery channel.
     def make_channel(address: Address) -> grpc.Channel:
-        if credentials is None:
-            return grpc.insecure_channel(address.addr, backend_opts, compression)
-        return grpc.secure_channel(address.addr, credentials, backend_opts, compression)
+        return plain_channel(address.addr, backend_opts, compression, credentials)
 
     def make_aio_channel(address: Address) -> grpc.aio.Channel:
         # The twin that serves .future() calls: same arguments, same credentials.
-        if credentials is None:
-            return grpc.aio.insecure_channel(address.addr, backend_opts, compression)
-        return grpc.aio.secure_channel(address.addr, credentials, backend_opts, compression)
+        return plain_aio_channel(address.addr, backend_opts, compression, credentials)
 
     build: Any = build_channel
     if aio:
@@ -247,12 +247,15 @@ def _from_config(service: str, path: str | os.PathLike[str] | None, settings: Ch
     if not isinstance(service, str):
         raise ConfigError(f"expected a service name (a string), got {type(service).__name__} {service!r}",
                           key_path="service")
-    entries = load_config_file(path)
+    loaded = load_config(path)
+    entries = loaded.services
     if service not in entries:
         raise ConfigError(f"no service {service!r}; the file defines {sorted(entries)}",
                           source=str(path or os.environ.get("DISCOVERY_CONFIG") or "discovery.toml"),
                           key_path="services")
     e = entries[service]
+    # [observability] is process-wide (metrics, tracing): on before the channel starts.
+    observe.apply_observability(loaded.observability)
     if e.drain_grace is not None:
         if settings is not None and not isinstance(settings, ChannelSettings):
             raise ConfigError(f"expected a discovery.ChannelSettings, got {type(settings).__name__}",

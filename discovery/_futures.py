@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import os
 import threading
@@ -403,5 +404,8 @@ def future_on_loop(loop: FutureLoop, make: Callable[[], Any], timeout: float | N
     :meth:`BridgedFuture.time_remaining` reports; the call applies its own.
     """
     fut = BridgedFuture(loop, timeout)
-    loop.submit(fut._run, make)
+    # The call runs in a copy of the caller's contextvars context, as an
+    # asyncio task would: what the caller's thread had current (a tracing
+    # span, see discovery.otel) is current for the call's attempts too.
+    loop.submit(contextvars.copy_context().run, fut._run, make)
     return fut

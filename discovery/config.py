@@ -31,15 +31,18 @@ from .methodconfig import (
     RetryThrottling,
     lookup_method_config,
 )
+from .observe import ObservabilityConfig, parse_observability
 from .options import CheckedOptions, check_options
 from .resolver import ResolverOptions
 
 __all__ = [
     "DEFAULT_POLICY",
+    "ConfigFile",
     "ServiceConfig",
     "ServiceEntry",
     "TLSConfig",
     "find_config_file",
+    "load_config",
     "load_config_file",
     "parse_duration",
     "parse_service_config",
@@ -596,18 +599,34 @@ def _entry(name: str, raw: Any, src: str) -> ServiceEntry:
     return ServiceEntry(name, target, opts, sc, _frozen(resolver), tls, grace)
 
 
-def load_config_file(path: str | os.PathLike[str] | None = None) -> dict[str, ServiceEntry]:
-    """Read and validate every service in a config file. All or nothing."""
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    """A validated config file: its services and its ``[observability]`` table."""
+
+    path: str
+    services: Mapping[str, ServiceEntry]
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> ConfigFile:
+    """Read and validate a whole config file (every service, and ``[observability]``). All or nothing."""
     p = find_config_file(path)
     src = str(p)
     data = _read(p)
     check_json(data, src, "")
     _expect(isinstance(data, Mapping), "a table with a [services] section", type(data).__name__, src, "(top)")
-    unknown = set(data) - {"services"}
+    unknown = set(data) - {"services", "observability"}
     if unknown:
-        raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; expected 'services'", source=src,
-                          key_path="(top)")
+        raise ConfigError(f"unknown top-level key(s) {sorted(unknown)}; expected 'services' (and optionally "
+                          "'observability')", source=src, key_path="(top)")
     services = data.get("services")
     _expect(isinstance(services, Mapping) and len(services) > 0, "a non-empty [services] table", services, src,
             "services")
-    return {name: _entry(name, raw, src) for name, raw in services.items()}
+    entries = {name: _entry(name, raw, src) for name, raw in services.items()}
+    obs = parse_observability(data["observability"], src) if "observability" in data else ObservabilityConfig()
+    return ConfigFile(src, MappingProxyType(entries), obs)
+
+
+def load_config_file(path: str | os.PathLike[str] | None = None) -> dict[str, ServiceEntry]:
+    """Read and validate every service in a config file. All or nothing."""
+    return dict(load_config(path).services)

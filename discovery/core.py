@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from . import observe
 from ._calls import LocalRpcError
 from .address import Address, ResolverState
 from .attempts import RetryThrottle
@@ -88,6 +89,11 @@ class ChannelCore:
         self._ejected: set[str] = set()
         # The event loop of an asyncio channel, once known (its backends' channels live there).
         self.aio_loop: asyncio.AbstractEventLoop | None = None
+        # Observability: control-plane counters, read by discovery.metrics when asked.
+        self.stats = observe.ChannelStats()
+        # What was last logged of each backend (connectivity, health): one record per change.
+        self._logged: dict[str, tuple[grpc.ChannelConnectivity, bool]] = {}
+        self._extra = {"target": target}
 
     # -- ResolverListener (any thread) ------------------------------------
 
@@ -129,6 +135,8 @@ class ChannelCore:
         b = subconn.backend
         b.ejected = ejected
         (self._ejected.add if ejected else self._ejected.discard)(b.addr)
+        if ejected:  # observability: discovery_ejections_total
+            self.stats.ejections[b.addr] = self.stats.ejections.get(b.addr, 0) + 1
 
     # -- control thread ---------------------------------------------------
 
@@ -140,6 +148,7 @@ class ChannelCore:
     def _on_resolver_state(self, state: ResolverState) -> None:
         if self.closed:
             return
+        before = [b.addr for b in self.manager.backends] if log.isEnabledFor(logging.INFO) else None
         try:
             changed, removed = self.manager.update(state)
         except Exception as exc:
@@ -148,6 +157,14 @@ class ChannelCore:
             log.exception("cannot apply the address set of %s", self.target, extra={"target": self.target})
             self._on_resolver_error(ResolverError(f"cannot use the resolved addresses: {exc}"))
             return
+        self.stats.resolver_updates += 1  # observability: discovery_resolver_updates_total
+        for b in removed:
+            self.stats.ejections.pop(b.addr, None)
+            self._logged.pop(b.addr, None)
+        if self.resolver_error:
+            log.info("resolver of %s recovered", self.target, extra=self._extra)
+        if before is not None and (changed or not self.has_state):
+            self._log_address_set(before, state)
         self.resolver_note = state.note
         self.resolver_error = ""
         self._logged_resolver_error = ""
@@ -159,9 +176,39 @@ class ChannelCore:
             self.manager.drain(removed)
             self._schedule_poll()
 
+    def _log_address_set(self, before: list[str], state: ResolverState) -> None:
+        # Once per change of the set: how many, what came and went (addresses are no secret).
+        now = [b.addr for b in self.manager.backends]
+        old, new = set(before), set(now)
+        added = [a for a in now if a not in old]
+        gone = [a for a in before if a not in new]
+        note = f" ({state.note})" if state.note else ""
+        log.info("address set of %s: %d backends, %d added, %d removed%s", self.target, len(now), len(added),
+                 len(gone), note, extra=self._extra)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("address set of %s: added %s; removed %s", self.target, _some(added), _some(gone),
+                      extra=self._extra)
+
+    def _log_backends(self, backends: list[Backend]) -> None:
+        """One record per change of a backend's connectivity or health (control thread)."""
+        for b in backends:
+            now = (b.state, b.healthy)
+            was = self._logged.get(b.addr)
+            if now == was:
+                continue
+            self._logged[b.addr] = now
+            extra = {"target": self.target, "backend": b.addr}
+            old = "new" if was is None else f"{was[0].name}{'' if was[1] else ' (unhealthy)'}"
+            new = f"{b.state.name}{'' if b.healthy else ' (unhealthy)'}"
+            # A backend that fails (or fails its health check) is worth INFO; the rest is DEBUG.
+            level = logging.INFO if (b.state is _C.TRANSIENT_FAILURE or not b.healthy) or (
+                was is not None and (was[0] is _C.TRANSIENT_FAILURE or not was[1])) else logging.DEBUG
+            log.log(level, "backend %s of %s: %s -> %s", b.addr, self.target, old, new, extra=extra)
+
     def _on_resolver_error(self, error: ResolverError) -> None:
         if self.closed:
             return
+        self.stats.resolver_errors += 1  # observability: discovery_resolver_errors_total
         self.resolver_error = str(error)
         if self.resolver_error != self._logged_resolver_error:
             # Logged once per change: a registry that stays down does not flood the log.
@@ -204,6 +251,8 @@ class ChannelCore:
             changed = self.manager.poll()
         else:
             changed = self.manager.poll(self.manager.watched())
+        if changed:
+            self._log_backends(changed)
         try:
             for b in changed:
                 if b.state is _C.TRANSIENT_FAILURE:
@@ -220,6 +269,7 @@ class ChannelCore:
             if self.closed or backend.closing:
                 return
             if backend.poll():
+                self._log_backends([backend])
                 self.balancer.subconn_state(backend)
                 self._schedule_poll()
             if self.resolver is not None:
@@ -252,16 +302,16 @@ class ChannelCore:
     def _set_state(self, state: grpc.ChannelConnectivity) -> None:
         if state is self.state:
             return
+        log.info("channel %s: %s -> %s", self.target, self.state.name, state.name, extra=self._extra)
         self.state = state
         for cb in list(self._subscribers):
             self._notify(cb, state)
 
-    @staticmethod
-    def _notify(cb: Callable[[grpc.ChannelConnectivity], None], state: grpc.ChannelConnectivity) -> None:
+    def _notify(self, cb: Callable[[grpc.ChannelConnectivity], None], state: grpc.ChannelConnectivity) -> None:
         try:
             cb(state)
         except Exception:
-            log.exception("connectivity callback %r failed", cb)
+            log.exception("connectivity callback %r failed", cb, extra=self._extra)
 
     def subscribe(self, cb: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool) -> None:
         def run() -> None:
@@ -444,6 +494,14 @@ class ChannelCore:
         self.finish_close()
 
 
+def _some(addrs: list[str], limit: int = 20) -> str:
+    """A list of addresses for a log line, cut after ``limit``."""
+    if not addrs:
+        return "none"
+    more = f" and {len(addrs) - limit} more" if len(addrs) > limit else ""
+    return ", ".join(addrs[:limit]) + more
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -477,10 +535,12 @@ def assemble(core: ChannelCore, make_backend: Callable[[Address], Backend],
              resolver_factory: Callable[[ChannelCore], Resolver],
              balancer_factory: Callable[[ChannelCore], Balancer]) -> None:
     """Give ``core`` its manager, balancer and resolver (the resolver last: it starts at once)."""
-    core.manager = SubchannelManager(core.loop, make_backend, drain_grace=core.settings.drain_grace)
+    core.manager = SubchannelManager(core.loop, make_backend, drain_grace=core.settings.drain_grace,
+                                     target=core.target)
     try:
         core.balancer = balancer_factory(core)
         core.resolver = resolver_factory(core)
     except BaseException:
         core.loop.stop()
         raise
+    observe.register_channel(core)  # observability: metrics cover every channel, made before or after

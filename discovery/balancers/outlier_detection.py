@@ -53,7 +53,7 @@ from ..errors import ConfigError
 
 __all__ = ["OutlierDetectionBuilder", "OutlierDetectionConfig"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.balancer.outlier_detection")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from ..attempts import Attempts, effective_deadline
 from ..balancer import Metadata, PickResult
 from ..methodconfig import MethodConfig
 from .blocking import wait_for_ready_of
-from .books import end_attempt
+from .books import begin_attempt, end_attempt
 
 if TYPE_CHECKING:
     from .._futures import AioTwin
@@ -121,8 +121,9 @@ class _Ctx:
     def start(self, pr: PickResult) -> Any | None:
         """Begin and start one attempt on ``pr``; None if its backend closed under us."""
         b = pr.subconn.backend
+        started = begin_attempt(self.core, pr, self.method, self._att)
         self.tried.append(b)
-        if not b.begin():
+        if not started:
             return None
         t0 = time.perf_counter()
         if self._att is not None:
@@ -136,16 +137,16 @@ class _Ctx:
         except BaseException:
             b.end()
             raise
-        core = self.core
+        core, method = self.core, self.method
 
         def books(c: Any) -> None:
             # The call is done, so its getters finish without suspending.
             if c.cancelled():
-                end_attempt(core, pr, t0, _CANCELLED, "cancelled")
+                end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
                 return
             code = now(c.code())
             trailing = now(c.trailing_metadata()) if (code is not _OK or pr.done is not None) else ()
-            end_attempt(core, pr, t0, code, None if code is _OK else now(c.details()), trailing)
+            end_attempt(core, pr, t0, code, None if code is _OK else now(c.details()), trailing, method)
 
         call.add_done_callback(books)
         return call

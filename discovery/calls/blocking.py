@@ -19,7 +19,7 @@ from .._calls import LocalRpcError, ReplayableStream
 from ..attempts import Attempts, effective_deadline
 from ..balancer import Metadata, PickResult
 from ..methodconfig import MethodConfig
-from .books import end_attempt
+from .books import begin_attempt, end_attempt
 
 if TYPE_CHECKING:
     from ..backend import CallableKey
@@ -64,7 +64,7 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
     while True:
         pr = _pick(core, method, metadata, att, deadline, wfr)
         b = pr.subconn.backend
-        if not b.begin():
+        if not begin_attempt(core, pr, method, att):
             # Closed under us by an address-set change: never sent, re-pick.
             att = att or _new_attempts(core, mc, deadline, wfr)
             att.tried.append(b)
@@ -90,7 +90,7 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
             trailing = exc.trailing_metadata()
-            end_attempt(core, pr, t0, code, details, trailing)
+            end_attempt(core, pr, t0, code, details, trailing, method)
             if not replayable:
                 # A request iterator may be partly consumed already: never replayed.
                 raise
@@ -102,7 +102,7 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
             if delay > 0:
                 threading.Event().wait(delay)
             continue
-        end_attempt(core, pr, t0, _OK, None, trailing)
+        end_attempt(core, pr, t0, _OK, None, trailing, method)
         if att is not None:
             att.succeeded()
         return result
@@ -147,8 +147,9 @@ def _start_one(core: ChannelCore, key: CallableKey, method: str, arg: Any, metad
     while True:
         pr = _pick(core, method, metadata, att, deadline, wfr)
         b = pr.subconn.backend
+        started = begin_attempt(core, pr, method, att)
         att.tried.append(b)
-        if b.begin():
+        if started:
             break
         if att.after_failure(_UNAVAILABLE, None, refused=True) is None:
             raise LocalRpcError(_UNAVAILABLE, core.explain(core.picker))
@@ -159,15 +160,15 @@ def _start_one(core: ChannelCore, key: CallableKey, method: str, arg: Any, metad
     except BaseException:
         b.end()
         raise
-    call.add_done_callback(_closer(core, pr, t0))
+    call.add_done_callback(_closer(core, pr, t0, method))
     return call
 
 
-def _closer(core: ChannelCore, pr: PickResult, t0: float) -> Callable[[Any], None]:
+def _closer(core: ChannelCore, pr: PickResult, t0: float, method: str) -> Callable[[Any], None]:
     def done(call: Any) -> None:
         code = call.code()
         if code is _OK:
-            end_attempt(core, pr, t0, _OK, None, call.trailing_metadata() if pr.done is not None else ())
+            end_attempt(core, pr, t0, _OK, None, call.trailing_metadata() if pr.done is not None else (), method)
         else:
-            end_attempt(core, pr, t0, code, call.details(), call.trailing_metadata())
+            end_attempt(core, pr, t0, code, call.details(), call.trailing_metadata(), method)
     return done

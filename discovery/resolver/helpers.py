@@ -28,7 +28,9 @@ Common rules:
 - Identical consecutive states are published once. After an error, the same
   state is published again so the channel learns the error is over.
 - Errors keep the last good set: they are reported to the listener, and
-  logged on the logger ``discovery.resolver.<name>`` once per change (an
+  logged on the logger ``discovery.resolver.<scheme>`` once per change, where
+  ``name`` is ``"<scheme>"`` or ``"<scheme>:<target>"`` (the target goes in each
+  record's ``extra`` as ``target``; an
   identical repeated error is not logged again). Anything a plugin raises is
   reported as a :class:`~discovery.errors.ResolverError` (others wrapped, the
   original as ``__cause__``); nothing a plugin raises ends the thread.
@@ -127,7 +129,12 @@ class _Helper(Resolver):
         self._fn = fn
         self._clock = clock
         self._backoff = backoff if backoff is not None else default_backoff()
-        self._log = logging.getLogger(f"discovery.resolver.{self._name}")
+        # The logger is named by what comes before a ':' (``system:orders:50051``
+        # logs to discovery.resolver.system); every record carries the rest as
+        # its ``target``.
+        scheme, _, where = self._name.partition(":")
+        self._log = logging.LoggerAdapter(logging.getLogger(f"discovery.resolver.{scheme}"),
+                                          {"target": where or self._name})
         # One re-entrant lock guards setting the stop flag, the interrupters,
         # the event loop handles and every listener call: close() takes it, so
         # it cannot return while a listener call is under way and none can

@@ -64,6 +64,7 @@ class DnsResolver(PollingResolver):
         resolver_factory: Callable[[], dns.resolver.Resolver] | None = None,
     ) -> None:
         self._target = target
+        self._extra = {"target": target.display}  # on every log record (README, "Logging")
         self._config = config
         self._resolver_factory = resolver_factory
         self._querier: Querier | None = None
