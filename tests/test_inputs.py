@@ -125,13 +125,14 @@ def test_service_config_given_twice_is_an_error(no_new_threads: None) -> None:
 
 def test_backend_channels_never_get_the_users_service_config(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[list[tuple[str, Any]]] = []
-    real = grpc.insecure_channel
+    real = discovery.plain_channel  # type: ignore[attr-defined]
 
-    def record(target: str, options: Any = None, compression: Any = None) -> grpc.Channel:
+    def record(target: str, options: Any, compression: Any, credentials: Any) -> grpc.Channel:
         made.append(list(options or ()))
-        return real(target, options, compression)
+        return real(target, options, compression, credentials)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(grpc, "insecure_channel", record)
+    # Backend channels are made with grpc's own channel class (see discovery._grpc_compat).
+    monkeypatch.setattr(discovery, "plain_channel", record)
     user = json.dumps({"loadBalancingConfig": [{"pick_first": {}}],
                        "methodConfig": [{"name": [{}], "timeout": "1s", "waitForReady": True,
                                          "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s",

@@ -55,7 +55,7 @@ def test_channel_records_state_changes_once_each(start_backends: Start, manual: 
     # The channel's own state: each transition once, the close included.
     states = [r.getMessage() for r in records(caplog, "discovery.channel", f"channel {target}: ")]
     assert states == [f"channel {target}: IDLE -> CONNECTING", f"channel {target}: CONNECTING -> READY",
-                      f"channel {target}: READY -> SHUTDOWN (closed)"]
+                      f"channel {target}: READY -> SHUTDOWN"]
     # Each backend: new -> CONNECTING -> READY, once each, with the backend named.
     for server in (a, b):
         seen = [r for r in records(caplog, "discovery.channel", f"backend {server.addr} of {target}: ")]
