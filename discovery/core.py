@@ -33,13 +33,16 @@ from .balancer import (
     Balancer,
     BalancerState,
     Cancellable,
+    Drop,
     ErrorPicker,
     Metadata,
     Picker,
     PickResult,
     QueuePicker,
+    StreamHandle,
     SubConn,
 )
+from .calls.books import dropped, unused
 from .clock import Clock
 from .config import ServiceConfig
 from .control import ControlLoop, Timer
@@ -47,6 +50,7 @@ from .errors import ResolverError
 from .manager import SubchannelManager
 from .resolver import Resolver
 from .settings import ChannelSettings
+from .streams import BackendStream
 
 __all__ = ["ChannelCore", "assemble", "backend_factory"]
 
@@ -129,6 +133,12 @@ class ChannelCore:
         b = subconn.backend
         b.ejected = ejected
         (self._ejected.add if ejected else self._ejected.discard)(b.addr)
+
+    def open_stream(self, subconn: SubConn, method: str, request: bytes,
+                    on_message: Callable[[bytes], None],
+                    on_end: Callable[[grpc.StatusCode, str], None]) -> StreamHandle:
+        """A server stream to ``subconn``'s backend alone (see :meth:`BalancerHelper.open_stream`)."""
+        return BackendStream.start(self.loop, subconn.backend, self.aio_loop, method, request, on_message, on_end)
 
     # -- control thread ---------------------------------------------------
 
@@ -297,13 +307,17 @@ class ChannelCore:
         """A pick whose backend is not in ``tried`` when the picker offers one (at most
         len(tried)+1 picks), else the last pick; None if nothing can be picked. Never blocks."""
         picker = self.picker
-        r = picker.pick(method, metadata)
-        if not tried or r is None:
-            return r
-        for _ in range(len(tried)):
-            if r is None or r.subconn.backend not in tried:
-                break
+        try:
             r = picker.pick(method, metadata)
+            if not tried or r is None:
+                return r
+            for _ in range(len(tried)):
+                if r is None or r.subconn.backend not in tried:
+                    break
+                unused(r)  # a pick that is not taken still gets its done (a reservation is released)
+                r = picker.pick(method, metadata)
+        except Drop as drop:
+            raise dropped(drop) from None
         return r
 
     def wait_pick(self, method: str, metadata: Metadata | None, deadline: float | None,

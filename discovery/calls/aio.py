@@ -28,7 +28,7 @@ from ..attempts import Attempts, effective_deadline
 from ..balancer import Metadata, PickResult
 from ..methodconfig import MethodConfig
 from .blocking import wait_for_ready_of
-from .books import end_attempt
+from .books import end_attempt, unused
 
 if TYPE_CHECKING:
     from .._futures import AioTwin
@@ -82,9 +82,13 @@ class _Ctx:
         self.att = Attempts(mc, core.throttle, self.deadline, self.wfr, len(core.manager.backends) + 1)
 
     def pick_now(self) -> PickResult | None:
+        """A pick without waiting, or None (a picker's drop then surfaces from :meth:`pick`)."""
         if self.core.closed:
             return None
-        return self.core.pick_avoiding(self.method, self.metadata, self.att.tried)
+        try:
+            return self.core.pick_avoiding(self.method, self.metadata, self.att.tried)
+        except LocalRpcError:
+            return None
 
     async def pick(self) -> PickResult:
         r = self.pick_now()
@@ -97,6 +101,7 @@ class _Ctx:
         b = pr.subconn.backend
         self.att.tried.append(b)
         if not b.begin():
+            unused(pr)
             return None
         t0 = time.perf_counter()
         try:
@@ -105,6 +110,7 @@ class _Ctx:
                          credentials=self.credentials, wait_for_ready=False, compression=self.compression)
         except BaseException:
             b.end()
+            unused(pr)
             raise
         core = self.core
 

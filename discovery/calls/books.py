@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ..balancer import DoneInfo, PickResult
+from .._calls import LocalRpcError
+from ..balancer import NOT_ATTEMPTED, DoneInfo, Drop, PickResult
 
 if TYPE_CHECKING:
     from ..core import ChannelCore
 
-__all__ = ["end_attempt", "metadata_tuple"]
+__all__ = ["dropped", "end_attempt", "metadata_tuple", "unused"]
 
 log = logging.getLogger("discovery.channel")
 
@@ -47,3 +48,18 @@ def end_attempt(core: ChannelCore, pr: PickResult, t0: float, code: grpc.StatusC
             done(DoneInfo(code, time.perf_counter() - t0, metadata_tuple(trailing)))
         except Exception:
             log.exception("done callback of %r failed", pr)
+
+
+def unused(pr: PickResult) -> None:
+    """``pr`` was picked but no attempt was sent with it: its ``done`` gets :data:`NOT_ATTEMPTED`."""
+    done = pr.done
+    if done is not None:
+        try:
+            done(NOT_ATTEMPTED)
+        except Exception:
+            log.exception("done callback of %r failed", pr)
+
+
+def dropped(drop: Drop) -> LocalRpcError:
+    """The RPC's error for a picker's :class:`~discovery.balancer.Drop`: failed here, never sent."""
+    return LocalRpcError(drop.code, drop.details)

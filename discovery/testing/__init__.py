@@ -30,6 +30,7 @@ from ..target import Target
 __all__ = [
     "FakeClock",
     "FakeHelper",
+    "FakeStream",
     "FakeSubConn",
     "ManualResolver",
     "ManualResolverBuilder",
@@ -297,4 +298,4 @@ class ManualResolverBuilder(ResolverBuilder):
 
 
 # Re-exported at the end: balancing imports nothing from this module.
-from .balancing import FakeHelper, FakeSubConn, finish, pick_all, update  # noqa: E402
+from .balancing import FakeHelper, FakeStream, FakeSubConn, finish, pick_all, update  # noqa: E402

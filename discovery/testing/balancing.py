@@ -20,7 +20,7 @@ from ..address import Address, ResolverState
 from ..balancer import Balancer, BalancerState, Cancellable, DoneInfo, Picker, PickResult, SubConn
 from ..clock import Clock
 
-__all__ = ["FakeHelper", "FakeSubConn", "finish", "pick_all"]
+__all__ = ["FakeHelper", "FakeStream", "FakeSubConn", "finish", "pick_all", "update"]
 
 
 @dataclass(eq=False)
@@ -59,6 +59,44 @@ class _Timer:
         self.cancelled = True
 
 
+class FakeStream:
+    """A stream a policy opened through :meth:`FakeHelper.open_stream`; the test plays the server.
+
+    ``send(msg)`` delivers one serialized message, ``end(code)`` ends the
+    stream; both call the policy's callbacks at once (the test's thread
+    stands in for the control thread) unless the policy cancelled it.
+    """
+
+    def __init__(self, subconn: SubConn, method: str, request: bytes, on_message: Callable[[bytes], None],
+                 on_end: Callable[[grpc.StatusCode, str], None]) -> None:
+        self.subconn = subconn
+        self.method = method
+        self.request = request
+        self._on_message = on_message
+        self._on_end = on_end
+        self.cancelled = False
+        self.ended = False
+
+    def send(self, message: bytes) -> None:
+        if not (self.cancelled or self.ended):
+            self._on_message(message)
+
+    def end(self, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, details: str = "") -> None:
+        if not (self.cancelled or self.ended):
+            self.ended = True
+            self._on_end(code, details)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    @property
+    def open(self) -> bool:
+        return not (self.cancelled or self.ended)
+
+    def __repr__(self) -> str:
+        return f"<FakeStream {self.method} to {self.subconn.addr}{' open' if self.open else ''}>"
+
+
 class FakeHelper:
     """A :class:`~discovery.balancer.BalancerHelper` that records what a policy does.
 
@@ -74,6 +112,7 @@ class FakeHelper:
         self.updates: list[tuple[grpc.ChannelConnectivity, Picker]] = []
         self.ejections: list[tuple[str, bool]] = []
         self.resolve_now_calls = 0
+        self.streams: list[FakeStream] = []
         self._timers: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
 
@@ -107,6 +146,17 @@ class FakeHelper:
 
     def report_ejection(self, subconn: SubConn, ejected: bool) -> None:
         self.ejections.append((subconn.addr, ejected))
+
+    def open_stream(self, subconn: SubConn, method: str, request: bytes, on_message: Callable[[bytes], None],
+                    on_end: Callable[[grpc.StatusCode, str], None]) -> FakeStream:
+        """Record the stream in :attr:`streams`; the test sends messages through it."""
+        st = FakeStream(subconn, method, request, on_message, on_end)
+        self.streams.append(st)
+        return st
+
+    def open_streams(self, method: str | None = None) -> dict[str, FakeStream]:
+        """The streams still open, by backend address (the latest one per address)."""
+        return {st.subconn.addr: st for st in self.streams if st.open and (method is None or st.method == method)}
 
     def run_due(self) -> int:
         """Run every timer whose time has come on the clock (including ones they schedule
