@@ -36,6 +36,9 @@ __all__ = [
     "ManualResolverBuilder",
     "RecordingListener",
     "addresses",
+    "check_distribution",
+    "chi_square",
+    "chi_square_critical",
     "finish",
     "pick_all",
     "update",
@@ -298,4 +301,14 @@ class ManualResolverBuilder(ResolverBuilder):
 
 
 # Re-exported at the end: balancing imports nothing from this module.
-from .balancing import FakeHelper, FakeStream, FakeSubConn, finish, pick_all, update  # noqa: E402
+from .balancing import (  # noqa: E402
+    FakeHelper,
+    FakeStream,
+    FakeSubConn,
+    check_distribution,
+    chi_square,
+    chi_square_critical,
+    finish,
+    pick_all,
+    update,
+)

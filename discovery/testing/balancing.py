@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,17 @@ from ..address import Address, ResolverState
 from ..balancer import Balancer, BalancerState, Cancellable, DoneInfo, Picker, PickResult, SubConn
 from ..clock import Clock
 
-__all__ = ["FakeHelper", "FakeStream", "FakeSubConn", "finish", "pick_all", "update"]
+__all__ = [
+    "FakeHelper",
+    "FakeStream",
+    "FakeSubConn",
+    "check_distribution",
+    "chi_square",
+    "chi_square_critical",
+    "finish",
+    "pick_all",
+    "update",
+]
 
 
 @dataclass(eq=False)
@@ -186,3 +197,46 @@ def finish(result: PickResult | None, code: grpc.StatusCode = grpc.StatusCode.OK
 def update(balancer: Balancer, subconns: Sequence[Any], config: Any = None) -> None:
     """Give ``balancer`` a new address set made of ``subconns``."""
     balancer.update_state(BalancerState(tuple(subconns), ResolverState(tuple(s.address for s in subconns)), config))
+
+
+def chi_square(counts: Sequence[int], weights: Sequence[float]) -> float:
+    """Pearson's statistic of observed ``counts`` against shares proportional to ``weights``."""
+    if len(counts) != len(weights) or not counts:
+        raise ValueError("one weight per count, at least one")
+    total, wsum = sum(counts), float(sum(weights))
+    return sum((c - total * w / wsum) ** 2 / (total * w / wsum) for c, w in zip(counts, weights, strict=True))
+
+
+def chi_square_critical(df: int, z: float = 3.0902) -> float:
+    """The chi-square value a fit exceeds with probability 0.001 (``z`` = 3.0902), for ``df`` degrees.
+
+    Tabulated up to 10 degrees; beyond, the Wilson-Hilferty approximation
+    (within 1 % of the exact quantile there): no statistics package needed.
+    """
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    exact = {1: 10.828, 2: 13.816, 3: 16.266, 4: 18.467, 5: 20.515, 6: 22.458, 7: 24.322, 8: 26.124, 9: 27.877,
+             10: 29.588}
+    if df in exact:
+        return exact[df]
+    a = 2.0 / (9.0 * df)
+    return df * (1.0 - a + z * math.sqrt(a)) ** 3
+
+
+def check_distribution(counts: Sequence[int], weights: Sequence[float], what: str = "picks") -> float:
+    """Assert that ``counts`` fit ``weights`` (chi-square at p = 0.001, like grpc-go's weighted checks).
+
+    Returns the statistic. Use enough picks that every expected count is at
+    least 5 (the test's validity condition), which this checks too.
+    """
+    total, wsum = sum(counts), float(sum(weights))
+    low = min(total * w / wsum for w in weights)
+    if low < 5:
+        raise AssertionError(f"too few {what} for a chi-square test: an expected count is {low:.1f} (< 5)")
+    stat = chi_square(counts, weights)
+    crit = chi_square_critical(len(counts) - 1)
+    if stat > crit:
+        expected = [round(total * w / wsum, 1) for w in weights]
+        raise AssertionError(f"{what} {list(counts)} do not fit the expected {expected}: "
+                             f"chi-square {stat:.1f} > {crit:.1f} (df {len(counts) - 1}, p 0.001)")
+    return stat
