@@ -13,6 +13,10 @@ Methods (all under ``/discovery.testing.Echo/``):
   can hold a stream open by clearing it).
 - ``ClientStream``: returns ``name:count`` of the requests received.
 - ``Bidi``: answers each request with ``name:request``.
+
+With ``orca`` (a :class:`discovery.orca.ServerMetrics`) the server also
+serves ORCA load reports, out of band and per call; ``delay`` makes every
+``Unary`` call take that long (a slow backend).
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ class BackendServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
                  max_workers: int = 16, with_health: bool = True,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+                 credentials: grpc.ServerCredentials | None = None, *, orca: Any = None,
+                 orca_min_interval: float = 1.0, delay: float = 0.0) -> None:
         self.host = host
         self.port = port
         self._name = name
@@ -54,6 +59,11 @@ class BackendServer:
         self.fail_with: grpc.StatusCode | None = None
         self.with_health = with_health
         self.credentials = credentials
+        # A discovery.orca.ServerMetrics: serve ORCA reports (out of band and per call) from it.
+        self.orca = orca
+        self.orca_min_interval = orca_min_interval
+        # Seconds every Unary call takes (a slow backend), on an event, so a cancelled call ends at once.
+        self.delay = delay
         self.last_metadata: tuple[tuple[str, Any], ...] = ()
         # Makes the health service's Watch fail with this status (a broken health endpoint).
         self.health_fails_with: grpc.StatusCode | None = None
@@ -97,6 +107,10 @@ class BackendServer:
             while not self.unary_gate.wait(0.05):
                 if not context.is_active():
                     break
+            if self.delay > 0:
+                ended = threading.Event()
+                context.add_callback(ended.set)
+                ended.wait(self.delay)
             return self.name.encode()
         finally:
             with self._lock:
@@ -128,7 +142,16 @@ class BackendServer:
 
     def start(self) -> BackendServer:
         """Start (or restart on the same port). Returns self."""
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers))
+        interceptors: list[Any] = []
+        if self.orca is not None:
+            from ..orca import OrcaInterceptor
+
+            interceptors.append(OrcaInterceptor(self.orca))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers), interceptors=interceptors)
+        if self.orca is not None:
+            from ..orca import add_orca_service
+
+            add_orca_service(server, self.orca, min_report_interval=self.orca_min_interval)
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(self._unary, _ident, _ident),
             "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream, _ident, _ident),
