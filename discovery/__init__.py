@@ -211,9 +211,9 @@ def _from_config(service: str, path: str | os.PathLike[str] | None, settings: Ch
                           key_path="services")
     e = entries[service]
     if e.drain_grace is not None:
-        base = settings or ChannelSettings()
-        settings = ChannelSettings(fast_poll=base.fast_poll, slow_poll=base.slow_poll,
-                                   drain_grace=e.drain_grace, clock=base.clock)
+        settings = (settings or ChannelSettings()).replace(drain_grace=e.drain_grace)
+    if e.connections_per_backend is not None:
+        settings = (settings or ChannelSettings()).replace(connections_per_backend=e.connections_per_backend)
     options: list[tuple[str, Any]] = list(e.options)
     if e.tls is None:
         return _open(e.target, None, options, None, e.service_config, e.resolver, settings, aio=aio)

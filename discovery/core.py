@@ -455,6 +455,15 @@ def backend_factory(core: ChannelCore, make_channel: Callable[[Address], grpc.Ch
     """How the manager makes a backend: a sync channel (plus an aio twin for futures), or,
     for an asyncio channel, one aio channel made on the application's loop."""
     health = core.service_config.health_service_name is not None
+    n = core.settings.connections_per_backend
+    if n > 1:
+        # A pool of n grpc channels (n connections) stands in for each backend's channel.
+        from .pool import PooledAioChannel, PooledChannel
+
+        one_channel, one_aio = make_channel, make_aio_channel
+        if one_channel is not None:
+            make_channel = lambda a: PooledChannel([one_channel(a) for _ in range(n)])  # noqa: E731
+        make_aio_channel = lambda a: PooledAioChannel([one_aio(a) for _ in range(n)])  # noqa: E731
 
     def make(address: Address) -> Backend:
         if make_channel is not None:

@@ -73,6 +73,8 @@ class BackendServer:
         self.unary_gate = threading.Event()
         self.unary_gate.set()
         self.calls: collections.Counter[str] = collections.Counter()
+        # Client addresses (ip:port) echo RPCs came from: one per connection.
+        self.peers: set[str] = set()
         self.active = 0
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
@@ -96,6 +98,7 @@ class BackendServer:
         with self._lock:
             self.calls[method] += 1
             self.last_metadata = tuple(context.invocation_metadata())
+            self.peers.add(context.peer())
         if self.fail_with is not None:
             context.abort(self.fail_with, f"{self.name} fails every RPC with {self.fail_with.name}")
 
