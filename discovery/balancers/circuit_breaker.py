@@ -11,8 +11,8 @@ flight; ``maxRequestsPerBackend`` (default: no cap) caps each backend's. A
 pick reserves its slots atomically (one lock shared by the picks of the
 channel), and the pick's ``done`` releases them, so the limits hold even
 for picks made at the same instant on many threads. A backend at its limit
-is skipped: the child is asked again (its pick released unused) until it
-offers a backend with room. When the channel is at ``maxRequests``, or
+is skipped: the child is asked again (its pick released unused), a few
+times, and then the breaker takes the first usable backend with room. When the channel is at ``maxRequests``, or
 every usable backend is at ``maxRequestsPerBackend``, the picker raises
 :class:`~discovery.balancer.Drop`: the RPC fails at once with UNAVAILABLE
 whose details say "circuit breaker" and the limit, even a
@@ -24,7 +24,7 @@ outlier detection, whichever of the two policies is the parent.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,6 +52,9 @@ from ..config import select_policy
 from ..errors import ConfigError
 
 __all__ = ["CircuitBreakerBuilder", "CircuitBreakerConfig"]
+
+# How many picks the child gets to offer a backend with room before the breaker looks itself.
+_CHILD_TRIES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +90,12 @@ class _Limits:
 class _Picker(Picker):
     __slots__ = ("_cfg", "_child", "_lim", "_usable", "queue", "reason")
 
-    def __init__(self, child: Picker, lim: _Limits, cfg: CircuitBreakerConfig, usable_count: int) -> None:
+    def __init__(self, child: Picker, lim: _Limits, cfg: CircuitBreakerConfig, usable_now: Sequence[SubConn]
+                 ) -> None:
         self._child = child
         self._lim = lim
         self._cfg = cfg
-        self._usable = usable_count
+        self._usable = tuple(usable_now)
         self.queue = child.queue
         self.reason = child.reason
 
@@ -116,39 +120,49 @@ class _Picker(Picker):
         lim = self._lim
         per = self._cfg.max_per_backend
         slots = lim.slots
-        # Each unusable try asks the child again; a rotating child offers every
-        # backend within len(slots) picks.
-        for _ in range(max(1, len(slots))):
+        # A backend without room sends the child back for another pick (its
+        # pick released unused): a rotating child offers the next backend, a
+        # random one another draw. After a few, the breaker looks itself.
+        for _ in range(min(len(slots), _CHILD_TRIES) or 1):
             r = self._child.pick(method, metadata)
             if r is None:
                 return None
             slot = slots.get(r.subconn.backend)
             if slot is None:
                 # A backend of an older address set the child still holds: not counted per backend.
-                return PickResult(r.subconn, self._releaser(None, r))
-            with lim.lock:
-                room = per is None or slot.n < per
-                if room:
-                    slot.n += 1
-                    if per is not None and slot.n == per:
-                        lim.full += 1
-            if room:
-                return PickResult(r.subconn, self._releaser(slot, r))
+                return PickResult(r.subconn, self._releaser(None, r.done))
+            if self._reserve(slot):
+                return PickResult(r.subconn, self._releaser(slot, r.done))
             if r.done is not None:
                 r.done(NOT_ATTEMPTED)
-            if lim.full >= self._usable:
+            if lim.full >= len(self._usable):
                 break
+        if lim.full < len(self._usable):
+            for sc in self._usable:
+                slot = slots.get(sc.backend)
+                if slot is not None and self._reserve(slot):
+                    return PickResult(sc, self._releaser(slot, None))
         raise Drop(f"circuit breaker: every usable backend has {per} requests in flight, the "
                    f"maxRequestsPerBackend limit")
+
+    def _reserve(self, slot: _Slot) -> bool:
+        per = self._cfg.max_per_backend
+        lim = self._lim
+        with lim.lock:
+            if per is not None and slot.n >= per:
+                return False
+            slot.n += 1
+            if per is not None and slot.n == per:
+                lim.full += 1
+            return True
 
     def _release_total(self) -> None:
         with self._lim.lock:
             self._lim.total -= 1
 
-    def _releaser(self, slot: _Slot | None, r: PickResult) -> Any:
+    def _releaser(self, slot: _Slot | None, inner: Callable[[DoneInfo], None] | None) -> Callable[[DoneInfo], None]:
         lim = self._lim
         per = self._cfg.max_per_backend
-        inner = r.done
 
         def done(info: DoneInfo) -> None:
             with lim.lock:
@@ -172,7 +186,7 @@ class _ChildHelper(DelegatingHelper):
     def update_picker(self, state: grpc.ChannelConnectivity, picker: Picker) -> None:
         if not isinstance(picker, ErrorPicker | QueuePicker):
             cb = self._cb
-            picker = _Picker(picker, cb.limits, cb.cfg, sum(1 for sc in cb.subconns if usable(sc)))
+            picker = _Picker(picker, cb.limits, cb.cfg, [sc for sc in cb.subconns if usable(sc)])
         self._cb.helper.update_picker(state, picker)
 
 
