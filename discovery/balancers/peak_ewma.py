@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -42,6 +43,7 @@ from ..balancer import (
     SubConn,
 )
 from ..balancer.base import BaseBalancer, PickerInfo
+from ..clock import SYSTEM_CLOCK
 from ..durations import parse_duration
 from ..errors import ConfigError
 
@@ -66,11 +68,12 @@ class Ewma:
     a lock; ``done`` callbacks (any thread) update both under ``lock``.
     """
 
-    __slots__ = ("_cfg", "_now", "est", "lock", "n", "result", "subconn")
+    __slots__ = ("_decay", "_now", "_penalty", "est", "lock", "n", "result", "subconn")
 
     def __init__(self, subconn: SubConn, cfg: PeakEwmaConfig, now: Callable[[], float]) -> None:
         self.subconn = subconn
-        self._cfg = cfg
+        self._decay = cfg.decay
+        self._penalty = cfg.failure_penalty
         self._now = now
         self.n = 0
         self.lock = threading.Lock()
@@ -81,7 +84,7 @@ class Ewma:
         """Estimate decayed to ``now`` (towards zero while no response comes) x (in flight + 1)."""
         rtt, at = self.est
         if now > at:
-            rtt *= _exp((at - now) / self._cfg.decay)
+            rtt *= _exp((at - now) / self._decay)
         return rtt * (self.n + 1)
 
     def take(self) -> PickResult:
@@ -89,26 +92,25 @@ class Ewma:
             self.n += 1
         return self.result
 
-    def observe(self, rtt: float) -> None:
-        """Fold one response time in (peak first, then the moving average). Caller holds ``lock``."""
-        now = self._now()
-        est, at = self.est
-        if rtt >= est:
-            est = rtt
-        else:
-            w = _exp((at - now) / self._cfg.decay) if now > at else 1.0
-            est = est * w + rtt * (1.0 - w)
-        self.est = (est, now)
-
     def done(self, info: DoneInfo) -> None:
+        code = info.code
+        if not info.attempted or code is _CANCELLED:
+            with self.lock:
+                self.n -= 1
+            return
+        rtt = info.latency
+        if code in DEFAULT_FAILURE_CODES:
+            rtt = max(rtt, self._penalty)
+        now = self._now()
         with self.lock:
             self.n -= 1
-            if not info.attempted or info.code is _CANCELLED:
-                return
-            rtt = info.latency
-            if info.code in DEFAULT_FAILURE_CODES:
-                rtt = max(rtt, self._cfg.failure_penalty)
-            self.observe(rtt)
+            # Peak first: a slower response replaces the estimate at once; a
+            # faster one pulls it down by how much time passed since the last.
+            est, at = self.est
+            if rtt < est:
+                w = _exp((at - now) / self._decay) if now > at else 1.0
+                rtt = est * w + rtt * (1.0 - w)
+            self.est = (rtt, now)
 
 
 class PeakEwmaPicker(Picker):
@@ -141,7 +143,9 @@ class PeakEwma(BaseBalancer):
     def __init__(self, helper: BalancerHelper, cfg: PeakEwmaConfig) -> None:
         super().__init__(helper, self._picker)
         self._cfg = cfg
-        self._now = helper.clock.monotonic
+        clock = helper.clock
+        # The system clock's reading without its method call: this runs twice per RPC.
+        self._now: Callable[[], float] = time.monotonic if clock is SYSTEM_CLOCK else clock.monotonic
         self.states: dict[SubConn, Ewma] = {}
 
     def update_state(self, state: BalancerState) -> None:
