@@ -590,15 +590,20 @@ def run_micro(*, quick: bool = False, sizes: Sequence[int] = (10, 1000, 10000),
     return res
 
 
-def format_micro(res: dict[str, Any]) -> str:
+def format_picks(rows: list[dict[str, Any]]) -> str:
     lines = ["pick cost: one pick and its done (goal <= 1 us/pick)",
-             f"  {'balancer':22} {'backends':>8} {'us/pick':>8} {'net us':>7}  verdict"]
-    for r in res["pick"]:
+             f"  {'balancer':22} {'backends':>8} {'us/pick':>8} {'net us':>7}  {'picker':18} verdict"]
+    for r in rows:
         if "error" in r:
             lines.append(f"  {r['balancer']:22} {r['backends']:8}  error: {r['error']}")
             continue
         lines.append(f"  {r['balancer']:22} {r['backends']:8} {r['pick_us']:8.3f} {r['pick_us_net']:7.3f}  "
-                     f"{'ok' if r['ok'] else 'MISSES'}")
+                     f"{r.get('picker', ''):18} {'ok' if r['ok'] else 'MISSES'}")
+    return "\n".join(lines)
+
+
+def format_micro(res: dict[str, Any]) -> str:
+    lines = [format_picks(res["pick"])]
     lines.append("")
     lines.append("reconcile, SubchannelManager (goals: identical <= 1 ms, 1 % churn <= 50 ms)")
     for r in res["reconcile"]:
