@@ -301,3 +301,55 @@ def test_circuit_breaker_fails_fast_with_the_limit_and_never_ejects(start_backen
             asyncio.run(main())
     finally:
         s.unary_gate.set()
+
+
+@pytest.mark.parametrize("shape", ["sync", "aio"])
+@pytest.mark.parametrize("policy", ["round_robin", "weighted_round_robin", "least_request"])
+def test_slow_start_ramps_a_backend_added_later(start_backends, manual, shape: str, policy: str) -> None:  # type: ignore[no-untyped-def]
+    from discovery import Address, ChannelSettings, ResolverState
+    from discovery.testing import FakeClock
+
+    servers = start_backends(3)
+    clock = FakeClock()
+    settings = ChannelSettings(clock=clock)
+    sc = lb(policy, slowStart={"window": "20s", "aggression": 1.0, "minWeightPercent": 10})
+
+    def state(n: int) -> ResolverState:
+        return ResolverState(tuple(Address("127.0.0.1", s.port) for s in servers[:n]))
+
+    def picker_ramped(ch: Any) -> bool:
+        # At t = 10 s of 20 the new backend weighs 0.5.
+        ramp = ch._core.balancer.ramp
+        return ramp is not None and ramp.factor(servers[2].addr) == pytest.approx(0.5)
+
+    async def aio_main() -> list[bytes]:
+        async with aio.insecure_channel("manual:///x", service_config=sc, settings=settings) as ch:
+            manual.resolver.push(state(2))
+            stub = EchoStub(ch)
+            await stub.Unary(b"", timeout=10, wait_for_ready=True)
+            await asyncio.to_thread(wait_ready, ch, 2)
+            manual.resolver.push(state(3))
+            await asyncio.to_thread(wait_ready, ch, 3)
+            await asyncio.to_thread(wait_for, lambda: len(ch._core.balancer.ramp._since) == 1, 10)
+            old = ch._core.picker
+            clock.advance(10.0)
+            await asyncio.to_thread(wait_for, lambda: picker_ramped(ch) and ch._core.picker is not old, 10)
+            return [await stub.Unary(b"", timeout=10) for _ in range(500)]
+
+    if shape == "sync":
+        with discovery.insecure_channel("manual:///x", service_config=sc, settings=settings) as ch:
+            manual.resolver.push(state(2))
+            wait_ready(ch, 2)
+            stub = EchoStub(ch)
+            stub.Unary(b"", timeout=10)
+            manual.resolver.push(state(3))
+            wait_ready(ch, 3)
+            wait_for(lambda: len(ch._core.balancer.ramp._since) == 1, 10, message="the new backend ramps")
+            old = ch._core.picker
+            clock.advance(10.0)
+            # The ramp timer (on the fake clock) rebuilds the picker with the new weight.
+            wait_for(lambda: picker_ramped(ch) and ch._core.picker is not old, 10, message="a ramped picker")
+            replies = [stub.Unary(b"", timeout=10) for _ in range(500)]
+    else:
+        replies = asyncio.run(aio_main())
+    check_distribution(tally(replies, servers), [1, 1, 0.5])
