@@ -1,4 +1,4 @@
-"""``python -m bench [run|futures|micro] ...`` — see :mod:`bench` and ``--help``."""
+"""``python -m bench [run|micro|report] ...`` — see :mod:`bench` and ``--help``."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="A vs B vs D (and future designs), interleaved rounds (default)")
+    r = sub.add_parser("run", help="A vs B vs D, interleaved rounds (default)")
     r.add_argument("--backends", type=int, default=10, help="N backends (default 10)")
     r.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
     r.add_argument("--rpcs", type=int, default=1500, help="RPCs per variant per mode per round (default 1500)")
@@ -33,20 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of sync,future,threads,aio (default all; aio = grpc.aio channels, "
                         "32 tasks awaiting unary calls)")
     r.add_argument("--variants", type=_csv, default=["A", "B", "D"], help="comma list (default A,B,D)")
-    r.add_argument("--designs", type=_csv, default=["D-old"],
-                   help="extra future designs, run in the future mode only "
-                        "(default D-old; any of D-old,S,P,K; '' for none)")
     r.add_argument("--quick", action="store_true", help="tiny counts: a smoke test (< 30 s)")
     r.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
-
-    f = sub.add_parser("futures", help="future designs at several N: CPU vs B, thread starts, live threads")
-    f.add_argument("--backends", type=_ints, default=[10, 100, 1000], help="comma list of N (default 10,100,1000)")
-    f.add_argument("--designs", type=_csv, default=["D", "D-old", "S", "P", "K"],
-                   help="default D,D-old,S,P,K (B always; K only up to 500 backends)")
-    f.add_argument("--rounds", type=int, default=9)
-    f.add_argument("--rpcs", type=int, default=1000)
-    f.add_argument("--quick", action="store_true")
-    f.add_argument("--json", dest="json_path", default=None)
 
     m = sub.add_parser("micro", help="pick, reconcile, hot-path and memory micro-benchmarks")
     m.add_argument("--quick", action="store_true")
@@ -64,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     pk = sub.add_parser("picks", help="pick cost of every policy at 10, 1k and 10k backends (the micro subset)")
     pk.add_argument("--quick", action="store_true")
 
-    rp = sub.add_parser("report", help="render RESULTS.md from the JSON of run/futures/micro")
+    rp = sub.add_parser("report", help="render RESULTS.md from the JSON of run/micro")
     rp.add_argument("--run", action="append", default=[], help="JSON of a run (repeatable: one per N)")
-    rp.add_argument("--futures", action="append", default=[], help="JSON of futures (repeatable)")
     rp.add_argument("--micro", default=None)
     rp.add_argument("--notes", default=None, help="markdown appended at the end (findings)")
     rp.add_argument("-o", "--out", default=None)
@@ -80,20 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         from .harness import Config, run
 
         cfg = Config(backends=args.backends, rounds=args.rounds, rpcs=args.rpcs, modes=args.modes,
-                     variants=args.variants, designs=args.designs, json_path=args.json_path)
+                     variants=args.variants, json_path=args.json_path)
         if args.quick:
             cfg.backends, cfg.rounds, cfg.rpcs = min(cfg.backends, 4), 2, 200
         summary = run(cfg)
         errors = sum(r["errors"] for r in summary["rows"])
         return 1 if errors else 0
-    if args.cmd == "futures":
-        from .harness import run_futures
-
-        ns, rounds, rpcs = args.backends, args.rounds, args.rpcs
-        if args.quick:
-            ns, rounds, rpcs = [4, 20], 1, 200
-        out = run_futures(ns, args.designs, rounds, rpcs, args.json_path)
-        return 1 if any(r["errors"] for r in out["futures"]) else 0
     if args.cmd == "tail":
         from .tail import run_tail
 

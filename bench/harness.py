@@ -1,11 +1,8 @@
-"""The two measured comparisons, in interleaved rounds.
+"""The measured comparison, in interleaved rounds.
 
-- :func:`run` (``python -m bench run``): A, B, D (and future designs in the
-  futures mode) per mode at one N. In the aio mode A, B and D are their
-  grpc.aio counterparts (:func:`bench.variants.build_aio`), on one event loop.
-- :func:`run_futures` (``python -m bench futures``): B and the future designs
-  of :mod:`bench.futures_design` at several N: client CPU, thread starts,
-  peak live threads.
+- :func:`run` (``python -m bench run``): A, B, D per mode at one N. In the
+  aio mode A, B and D are their grpc.aio counterparts
+  (:func:`bench.variants.build_aio`), on one event loop.
 
 One client process, one backend process. A round runs every variant once
 (the order rotated by one each round), so slow drifts of the machine hit all
@@ -22,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,16 +26,15 @@ from typing import Any
 
 import grpc
 
-from .modes import AIO_MODES, MODES, Sample, aio_loop, close_aio_loop, count_thread_starts, run_future
+from .modes import AIO_MODES, MODES, Sample, aio_loop, close_aio_loop, count_thread_starts
 from .procs import BackendProcess
-from .variants import AIO_LABELS, AIO_NOTE, DISPLAY, LABELS, Variant, build, build_aio
+from .variants import AIO_LABELS, AIO_NOTE, LABELS, Variant, build, build_aio
 
-__all__ = ["TARGETS", "Config", "machine", "run", "run_futures"]
+__all__ = ["TARGETS", "Config", "machine", "run"]
 
 # D/B targets from issue 5, on client CPU per RPC.
-TARGETS = {"sync": 1.05, "threads": 1.05, "future": 1.25}
+TARGETS = {"sync": 1.05, "threads": 1.05, "future": 1.25, "aio": 1.05}
 BASE_VARIANTS = ("A", "B", "D")
-FUTURE_DESIGNS = ("D-old",)
 
 
 @dataclass
@@ -49,7 +44,6 @@ class Config:
     rpcs: int = 1500
     modes: Sequence[str] = ("sync", "future", "threads", "aio")
     variants: Sequence[str] = BASE_VARIANTS
-    designs: Sequence[str] = FUTURE_DESIGNS  # extra variants, futures mode only
     json_path: str | None = None
 
 
@@ -85,10 +79,7 @@ def machine() -> dict[str, Any]:
 
 
 def _variants_for(cfg: Config, mode: str) -> list[str]:
-    out = list(cfg.variants)
-    if mode == "future":
-        out += [d for d in cfg.designs if d not in out]
-    return out
+    return list(cfg.variants)
 
 
 def _median(xs: list[float]) -> float:
@@ -216,7 +207,7 @@ def run(cfg: Config, log: Any = sys.stderr) -> dict[str, Any]:
     summary["machine"] = machine()
     summary["config"] = {"backends": cfg.backends, "rounds": cfg.rounds, "rpcs": cfg.rpcs,
                          "modes": list(cfg.modes), "variants": list(cfg.variants),
-                         "designs": list(cfg.designs), "command": " ".join(sys.argv)}
+                         "command": " ".join(sys.argv)}
     summary["seconds"] = round(time.monotonic() - t_start, 1)
     summary["raw"] = {f"{m}/{v}": [{"cpu_us": s.cpu_us, "rps": s.rps, "p50_us": s.pct(50),
                                     "p99_us": s.pct(99), "thread_starts": s.thread_starts, "n": s.n,
@@ -227,114 +218,3 @@ def run(cfg: Config, log: Any = sys.stderr) -> dict[str, Any]:
         with open(cfg.json_path, "w") as f:
             json.dump(summary, f, indent=1, default=str)
     return summary
-
-
-# -- futures designs at several N ------------------------------------------------
-
-K_MAX_BACKENDS = 500  # K keeps a thread (and a server handler thread) per backend
-
-
-class _PeakThreads:
-    """Samples ``threading.active_count()`` every 5 ms while running."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True, name="bench-thread-sampler")
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, threading.active_count())
-
-    def __enter__(self) -> _PeakThreads:
-        self.peak = threading.active_count()
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
-
-
-def run_futures(ns: Sequence[int], designs: Sequence[str], rounds: int, rpcs: int,
-                json_path: str | None = None, log: Any = sys.stderr) -> dict[str, Any]:
-    """B and ``designs`` at each N in ``ns``: ``rounds`` interleaved rounds of ``rpcs`` futures, 32 in flight."""
-    count_thread_starts()
-    t_start = time.monotonic()
-    results: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for n in ns:
-        t0 = time.monotonic()
-        names = ["B", *dict.fromkeys(d for d in designs if d != "B")]
-        if n > K_MAX_BACKENDS and "K" in names:
-            names.remove("K")
-            skipped.append(f"K at N={n} (a thread per backend)")
-        workers = n + 64 if "K" in names else 64  # K parks one server handler thread per backend
-        with BackendProcess(n, workers=workers) as bp:
-            built: dict[str, Variant] = {}
-            try:
-                for name in names:
-                    before = threading.active_count()
-                    built[name] = build(name, bp.targets, warm_rpcs=max(100, 2 * n))
-                    print(f"# N={n} {name} ready, +{threading.active_count() - before} threads",
-                          file=log, flush=True)
-                per: dict[str, list[dict[str, float]]] = {k: [] for k in names}
-                for r in range(rounds):
-                    k = r % len(names)
-                    for name in names[k:] + names[:k]:
-                        with _PeakThreads() as peak:
-                            s = run_future(built[name].mc, rpcs)
-                        per[name].append({"cpu_us": s.cpu_us, "rps": s.rps, "starts": s.thread_starts,
-                                          "starts_per_1k": s.thread_starts * 1000 / s.n,
-                                          "peak_threads": peak.peak, "p50_us": s.pct(50),
-                                          "p99_us": s.pct(99), "errors": s.errors})
-                    print(f"# N={n} round {r + 1}/{rounds} " + " ".join(
-                        f"{k}={per[k][-1]['cpu_us']:.0f}us/{per[k][-1]['starts']}st" for k in names),
-                        file=log, flush=True)
-            finally:
-                for v in built.values():
-                    v.close()
-        for name in names:
-            rows = per[name]
-            results.append({
-                "backends": n, "design": name,
-                "cpu_us": statistics.median(x["cpu_us"] for x in rows),
-                "cpu_vs_B": statistics.median(x["cpu_us"] / y["cpu_us"] for x, y in zip(rows, per["B"], strict=True)),
-                "rps": statistics.median(x["rps"] for x in rows),
-                "p50_us": statistics.median(x["p50_us"] for x in rows),
-                "p99_us": statistics.median(x["p99_us"] for x in rows),
-                "thread_starts_per_1k": statistics.median(x["starts_per_1k"] for x in rows),
-                "thread_starts_first_round": rows[0]["starts"],
-                "peak_threads": max(x["peak_threads"] for x in rows),
-                "errors": sum(x["errors"] for x in rows),
-                "rpcs_per_round": rpcs, "rounds": rounds,
-            })
-        print(f"# N={n} done in {time.monotonic() - t0:.1f}s", file=log, flush=True)
-    print(format_futures(results, skipped))
-    out = {"futures": results, "skipped": skipped, "machine": machine(),
-           "config": {"backends": list(ns), "designs": list(designs), "rounds": rounds, "rpcs": rpcs,
-                      "command": " ".join(sys.argv)},
-           "seconds": round(time.monotonic() - t_start, 1)}
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
-
-
-def format_futures(results: list[dict[str, Any]], skipped: Sequence[str] = ()) -> str:
-    lines = [f"{'N':>5} {'design':36} {'cpu us/RPC':>10} {'vs B':>6} {'RPC/s':>7} {'p50 us':>7} {'p99 us':>7} "
-             f"{'starts/1k':>9} {'1st round':>9} {'peak thr':>8}"]
-    for r in results:
-        lines.append(f"{r['backends']:5} {DISPLAY.get(r['design'], r['design']):36} {r['cpu_us']:10.1f} "
-                     f"{r['cpu_vs_B']:6.2f} {r['rps']:7.0f} {r['p50_us']:7.0f} {r['p99_us']:7.0f} "
-                     f"{r['thread_starts_per_1k']:9.0f} {r['thread_starts_first_round']:9} {r['peak_threads']:8}"
-                     + (f" errors={r['errors']}" if r["errors"] else ""))
-    rpcs = results[0]["rpcs_per_round"] if results else 0
-    lines.append(f"(futures, window 32, {rpcs} RPCs per round; starts/1k = threading.Thread.start calls per "
-                 "1,000 RPCs, median round; 1st round = starts in the first round; peak thr = "
-                 "threading.active_count() peak, whole process)")
-    if skipped:
-        lines.append("skipped: " + "; ".join(skipped))
-    for k in dict.fromkeys(r["design"] for r in results):
-        lines.append(f"  {k}: {LABELS[k]}")
-    return "\n".join(lines)

@@ -36,7 +36,7 @@ from discovery.address import Address, ResolverState
 from discovery.backend import Backend
 from discovery.control import ControlLoop
 from discovery.manager import SubchannelManager
-from discovery.testing import FakeSubConn
+from discovery.testing import FakeClock, FakeHelper, FakeSubConn, update
 
 __all__ = ["run_micro"]
 
@@ -131,7 +131,6 @@ def bench_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
     measured while one backend (added after the first picker) ramps.
     """
     from discovery.balancer import DoneInfo
-    from discovery.testing import update
 
     builders = _balancer_builders()
     ok = DoneInfo(grpc.StatusCode.OK, 0.001)
@@ -143,7 +142,7 @@ def bench_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
         for n in sizes:
             subs = [FakeSubConn(Address(a.host, a.port, weight(i)), state=READY)
                     for i, a in enumerate(_addresses(n))]
-            helper = _Capture()
+            helper = FakeHelper(FakeClock())
             try:
                 cfg = builder.parse_config(config, key_path="loadBalancingConfig[0]")
                 bal = builder.build(helper, cfg)
@@ -196,12 +195,16 @@ class FakeGrpcChannel:
         self.closed = True
 
 
-def _fake_make_channel(a: Address) -> Any:
-    return FakeGrpcChannel()
+def _fake_make_channel(a: Address) -> Backend:
+    return Backend(a, FakeGrpcChannel())  # type: ignore[arg-type]
 
 
-def _real_make_channel(a: Address) -> grpc.Channel:
+def _real_grpc_channel(a: Address) -> grpc.Channel:
     return grpc.insecure_channel(a.addr, [("grpc.use_local_subchannel_pool", 1)])
+
+
+def _real_make_channel(a: Address) -> Backend:
+    return Backend(a, _real_grpc_channel(a))
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -216,7 +219,7 @@ def bench_reconcile(n: int, churn: float, real: bool, repeat: int = 5) -> dict[s
     try:
         mgr = SubchannelManager(loop, make, drain_grace=0.0)
         base = _addresses(n)
-        t_create, changed = _timed(lambda: mgr.update(ResolverState(base)))
+        t_create, (changed, _) = _timed(lambda: mgr.update(ResolverState(base)))
         assert changed
         first = {b.addr: b for b in mgr.backends}
         # Identical: a new ResolverState of new (equal) Address objects.
@@ -225,7 +228,7 @@ def bench_reconcile(n: int, churn: float, real: bool, repeat: int = 5) -> dict[s
             t = time.perf_counter()
             st = ResolverState(tuple(Address(a.host, a.port, a.weight) for a in base))
             plain_build.append(time.perf_counter() - t)
-            dt, changed = _timed(lambda st=st: mgr.update(st))
+            dt, (changed, _) = _timed(lambda st=st: mgr.update(st))
             assert not changed, "an identical state changed the backend set"
             same_times.append(dt)
         # Churn: drop the first k, add k new ones.
@@ -233,7 +236,8 @@ def bench_reconcile(n: int, churn: float, real: bool, repeat: int = 5) -> dict[s
         extra = tuple(Address(f"127.200.{i // 256}.{i % 256 + 1}", 20000 + i) for i in range(k))
         churned = base[k:] + extra
         st = ResolverState(tuple(Address(a.host, a.port, a.weight) for a in churned))
-        t_churn, changed = _timed(lambda: mgr.update(st))
+        t_churn, (changed, removed) = _timed(lambda: mgr.update(st))
+        mgr.drain(removed)
         assert changed
         now = {b.addr: b for b in mgr.backends}
         kept = [a.addr for a in base[k:]]
@@ -269,6 +273,9 @@ class _NoopCall:
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.OK
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         fn(self)
@@ -306,6 +313,18 @@ class _NoopAioCall:
     def __await__(self) -> Any:
         return self._response
         yield  # a generator, as grpc.aio's __await__ is
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def cancelled(self) -> bool:
+        return False
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.OK
+
+    async def trailing_metadata(self) -> tuple[()]:
+        return ()
 
 
 class _NoopAioMC:
@@ -436,20 +455,11 @@ def _futures_cpu(mc: Any, req: Any, total: int, batch: int = 32) -> tuple[float,
 
 
 def _future_costs(mc: Any, req: Any, n: int, loops: int) -> dict[str, float]:
-    """``.future()`` + done-callback on no-op backends: integrated (aio loop) and the pre-integration path."""
-    from .futures_design import OldFutureUnaryUnary
-
+    """``.future()`` + done-callback on no-op backends (the shared aio loop's path)."""
     for _ in range(2 * n):
         mc.future(req, 30.0).result(10)  # make every backend's (no-op) aio twin
     cpu, caller = _futures_cpu(mc, req, loops)
-    out = {"future_cpu_us": cpu * 1e6, "future_caller_us": caller * 1e6}
-    cls = mc.__class__
-    mc.__class__ = OldFutureUnaryUnary
-    try:
-        out["future_old_cpu_us"] = _futures_cpu(mc, req, loops)[0] * 1e6
-    finally:
-        mc.__class__ = cls
-    return out
+    return {"future_cpu_us": cpu * 1e6, "future_caller_us": caller * 1e6}
 
 
 # -- memory ----------------------------------------------------------------
@@ -466,7 +476,7 @@ def bench_memory_idle(n: int) -> dict[str, Any]:
     """Per idle backend: Backend + real grpc channel, never connected."""
     loop = ControlLoop("bench-mem")
     try:
-        warm = _real_make_channel(Address("127.255.0.1", 1))  # grpc core's one-time init
+        warm = _real_grpc_channel(Address("127.255.0.1", 1))  # grpc core's one-time init
         warm.close()
         gc.collect()
         mgr = SubchannelManager(loop, _real_make_channel, drain_grace=0.0)
@@ -627,9 +637,8 @@ def format_micro(res: dict[str, Any]) -> str:
             f"parts: pick {r['pick_us']:.2f}, callables.get {r['callables_get_tuple_key_us']:.3f}, "
             f"begin+end {r['begin_end_us']:.2f}")
         lines.append(
-            f"    future+callback, process CPU (caller + loop thread): {r['future_cpu_us']:.2f} us integrated "
-            f"(calling thread {r['future_caller_us']:.2f}, loop thread the rest); pre-integration path "
-            f"{r['future_old_cpu_us']:.2f}")
+            f"    future+callback, process CPU (caller + loop thread): {r['future_cpu_us']:.2f} us "
+            f"(calling thread {r['future_caller_us']:.2f}, loop thread the rest)")
     lines.append("")
     m = res["memory_idle"]
     lines.append(f"memory per idle backend ({m['backends']} real channels, not connected): "

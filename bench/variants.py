@@ -1,4 +1,4 @@
-"""The channels compared: A (floor), B (grpcio round_robin), D (discovery) and the future designs.
+"""The channels compared: A (floor), B (grpcio round_robin), D (discovery).
 
 Every variant talks to the same backend process. Each is warmed up before
 measuring: its connections are made and its first RPCs done.
@@ -21,7 +21,6 @@ import grpc.aio
 import discovery
 import discovery.aio
 
-from .futures_design import DESIGNS, apply_design, future_is
 from .modes import AioTarget
 from .server import ECHO
 
@@ -30,11 +29,7 @@ __all__ = ["AIO_LABELS", "AIO_NOTE", "LABELS", "POLICY_VARIANTS", "Variant", "bu
 LABELS = {
     "A": "grpc.insecure_channel, 1 backend (floor)",
     "B": "grpcio native round_robin, N backends",
-    "D": "discovery round_robin, N backends; futures: integrated, one shared grpc.aio loop",
-    "D-old": "D with the pre-integration future: grpc's sync .future() on the backend channel",
-    "S": "D-old + spin loops on pooled threads (grpc internals)",
-    "P": "D + future as blocking with_call on a shared thread pool (public API only)",
-    "K": "D-old + keep-alive stream per backend (thread per backend)",
+    "D": "discovery round_robin, N backends; futures on one shared grpc.aio loop",
 }
 
 # discovery channels with another policy, built like D (the futures design is D's).
@@ -57,8 +52,8 @@ LABELS.update({
 AIO_LABELS = {
     "A": "grpc.aio.insecure_channel, 1 backend",
     "B": "grpc.aio.insecure_channel, grpcio native round_robin over N backends (ipv4: target)",
-    "D": "discovery.aio.insecure_channel, round_robin over N backends (static: target; a grpc.aio twin per "
-         "backend on the mode's loop)",
+    "D": "discovery.aio.insecure_channel, round_robin over N backends (static: target; one grpc.aio channel "
+         "per backend, on the mode's loop)",
 }
 
 AIO_LABELS.update({k: "discovery.aio.insecure_channel, " + v.removeprefix("discovery ")
@@ -71,9 +66,6 @@ AIO_NOTE = (
     "sync D variant warms up with futures); that thread, a second grpc.aio loop, wakes for every grpc.aio "
     "completion batch and adds ~20 us/RPC to every aio variant: run `--modes aio` alone for clean aio numbers."
 )
-
-# How the futures tables name the designs.
-DISPLAY = {"D": "D (integrated: shared grpc.aio loop)", "D-old": "D-old (grpc sync .future())"}
 
 RR = {"loadBalancingConfig": [{"round_robin": {}}]}
 
@@ -154,16 +146,14 @@ def build(name: str, targets: list[str], warm_rpcs: int | None = None) -> Varian
         mc = ch.unary_unary(ECHO)
         _warm(mc, warm, futures=max(64, 2 * n))
         return Variant(name, ch, mc)
-    if name in DESIGNS:
+    if name == "D":
         ch = discovery.insecure_channel("static:///" + ",".join(targets), service_config=RR)
         _wait_discovery_ready(ch, n)
         mc = ch.unary_unary(ECHO)
         _warm(mc, warm)  # builds every backend's cached grpc multicallable too
-        undo = apply_design(name, ch, mc)
-        assert future_is(mc, name), f"design {name} not applied"
         # Futures on every backend: D opens each backend's aio twin here.
         _warm(mc, min(warm, 200), futures=max(64, 2 * n))
-        return Variant(name, ch, mc, undo)
+        return Variant(name, ch, mc)
     raise ValueError(f"unknown variant {name!r}; expected one of {sorted(LABELS)}")
 
 

@@ -216,6 +216,10 @@ class ChannelCore:
             changed = self.manager.poll(self.manager.watched())
         try:
             for b in changed:
+                if b.state is _C.TRANSIENT_FAILURE:
+                    b.probe_error()
+                elif b.state is _C.READY:
+                    b.last_error = ""
                 self.balancer.subconn_state(b)
         finally:
             self._schedule_poll()
@@ -291,8 +295,13 @@ class ChannelCore:
             parts.append(self.resolver_note)
         if self.resolver_error:
             parts.append(f"last resolver error: {self.resolver_error}")
-        if self.conn_error and "last connection error" not in picker.reason:
-            parts.append(f"last connection error: {self.conn_error}")
+        if "last connection error" not in picker.reason:
+            # The picker's reason was written when it was built; a connection
+            # error learned since (an asyncio backend's probe) is told here.
+            errors = [f"{b.addr}: {b.last_error}" for b in self.manager.backends if b.last_error]
+            last = errors[-1] if errors else self.conn_error
+            if last:
+                parts.append(f"last connection error: {last}")
         return "; ".join(parts)
 
     def no_pick_error(self, picker: Picker, deadline_passed: bool) -> LocalRpcError:
@@ -419,12 +428,14 @@ class ChannelCore:
         return started
 
     def finish_close(self) -> None:
-        self.loop.submit(self.manager.close_all)
+        def last() -> None:
+            self.manager.close_all()
+            # Subscribers hear SHUTDOWN on the control thread, like every other state.
+            self._set_state(_C.SHUTDOWN)
+            self._subscribers.clear()
+
+        self.loop.submit(last)
         self.loop.stop()
-        self.state = _C.SHUTDOWN
-        for cb in list(self._subscribers):
-            self._notify(cb, _C.SHUTDOWN)
-        self._subscribers.clear()
 
     def close(self, grace: float | None) -> None:
         """Close from a thread (blocking): refuse RPCs, drain or cancel, stop the loop."""

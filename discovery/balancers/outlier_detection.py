@@ -348,9 +348,9 @@ class OutlierDetectionBuilder(BalancerBuilder):
         codes = d.failure_codes
         if "failureStatusCodes" in raw:
             codes = parse_codes(raw["failureStatusCodes"], f"{key_path}.failureStatusCodes")
-        interval = parse_duration(raw.get("interval", "10s"), key_path=f"{key_path}.interval")
-        if interval <= 0:
-            raise ConfigError("interval must be > 0", key_path=f"{key_path}.interval")
+        # A floor of 10 ms: "0.000000001s" would run the ejection sweep
+        # continuously and burn a core; no real interval is that short.
+        interval = parse_duration(raw.get("interval", "10s"), key_path=f"{key_path}.interval", minimum=0.01)
         return OutlierDetectionConfig(
             interval=interval,
             base_ejection=parse_duration(raw.get("baseEjectionTime", "30s"), key_path=f"{key_path}.baseEjectionTime"),

@@ -25,7 +25,7 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # in grpc.aio, not in it
 
 from .._calls import LocalRpcError
 from ..attempts import Attempts, effective_deadline
-from ..balancer import Metadata, PickResult
+from ..balancer import Drop, Metadata, PickResult
 from ..methodconfig import MethodConfig
 from .blocking import wait_for_ready_of
 from .books import end_attempt, unused
@@ -61,10 +61,14 @@ def aio_error(exc: LocalRpcError) -> grpc.aio.AioRpcError:
 
 
 class _Ctx:
-    """What every attempt of one call shares."""
+    """What every attempt of one call shares.
 
-    __slots__ = ("arg", "att", "compression", "core", "credentials", "deadline", "key", "metadata", "method",
-                 "twin_of", "wfr")
+    The :class:`Attempts` value is made on first use (a policy, or a failed
+    attempt): the common RPC with no method config never builds one.
+    """
+
+    __slots__ = ("_att", "arg", "compression", "core", "credentials", "deadline", "key", "mc", "metadata",
+                 "method", "tried", "twin_of", "wfr")
 
     def __init__(self, core: ChannelCore, key: CallableKey, method: str, arg: Any, timeout: float | None,
                  metadata: Metadata | None, credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
@@ -77,36 +81,62 @@ class _Ctx:
         self.credentials = credentials
         self.compression = compression
         self.twin_of = twin_of
-        self.deadline = effective_deadline(timeout, mc, time.monotonic())
-        self.wfr = wait_for_ready_of(wait_for_ready, mc)
-        self.att = Attempts(mc, core.throttle, self.deadline, self.wfr, len(core.manager.backends) + 1)
+        self.mc = mc
+        self.deadline = None if timeout is None and mc is None else effective_deadline(timeout, mc, time.monotonic())
+        self.wfr = wait_for_ready if mc is None else wait_for_ready_of(wait_for_ready, mc)
+        self.tried: list[Any] = []
+        self._att: Attempts | None = None
+        if mc is not None and (mc.retry is not None or mc.hedging is not None):
+            self._att = self._new_attempts()
+
+    def _new_attempts(self) -> Attempts:
+        att = Attempts(self.mc, self.core.throttle, self.deadline, self.wfr, len(self.core.manager.backends) + 1)
+        att.tried = self.tried
+        return att
+
+    @property
+    def att(self) -> Attempts:
+        if self._att is None:
+            self._att = self._new_attempts()
+        return self._att
+
+    @property
+    def hedged(self) -> bool:
+        return self._att is not None and self._att.hedging is not None
 
     def pick_now(self) -> PickResult | None:
         """A pick without waiting, or None (a picker's drop then surfaces from :meth:`pick`)."""
-        if self.core.closed:
+        core = self.core
+        if core.closed:
             return None
         try:
-            return self.core.pick_avoiding(self.method, self.metadata, self.att.tried)
-        except LocalRpcError:
+            if not self.tried:
+                return core.picker.pick(self.method, self.metadata)
+            return core.pick_avoiding(self.method, self.metadata, self.tried)
+        except (Drop, LocalRpcError):
             return None
 
     async def pick(self) -> PickResult:
         r = self.pick_now()
         if r is None:
-            r = await self.core.wait_pick_async(self.method, self.metadata, self.deadline, self.wfr, self.att.tried)
+            r = await self.core.wait_pick_async(self.method, self.metadata, self.deadline, self.wfr, self.tried)
         return r
 
     def start(self, pr: PickResult) -> Any | None:
         """Begin and start one attempt on ``pr``; None if its backend closed under us."""
         b = pr.subconn.backend
-        self.att.tried.append(b)
+        self.tried.append(b)
         if not b.begin():
             unused(pr)
             return None
         t0 = time.perf_counter()
+        if self._att is not None:
+            timeout = self._att.attempt_timeout()
+        else:
+            timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
         try:
             mcall = self.twin_of(b).callable(self.key)
-            call = mcall(self.arg, timeout=self.att.attempt_timeout(), metadata=self.metadata,
+            call = mcall(self.arg, timeout=timeout, metadata=self.metadata,
                          credentials=self.credentials, wait_for_ready=False, compression=self.compression)
         except BaseException:
             b.end()
@@ -154,11 +184,26 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
 
     async def _run(self) -> None:
         ctx = self._ctx
-        att = ctx.att
         try:
-            if att.hedging is not None:
+            if ctx.hedged:
                 await self._hedged()
                 return
+            if self._call is not None and ctx._att is None:
+                # The common case: no policy and the first attempt already
+                # started. Only if it fails is an Attempts value made.
+                try:
+                    self._response = await self._call
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if not self._replayable:
+                        raise
+                    delay = ctx.att.after_failure(exc.code(), exc.details(), exc.trailing_metadata())
+                    if delay is None:
+                        raise
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    self._call = None
+            att = ctx.att
             while True:
                 if self._call is None:
                     pr = await ctx.pick()
@@ -209,9 +254,12 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         async def launch() -> bool:
             nonlocal started
             pr = ctx.pick_now()
-            if pr is None:
+            if pr is None or (started and pr.subconn.backend in ctx.tried):
                 if started:
-                    return False  # nothing else to try now; the running ones go on
+                    # No backend left that no copy went to: the running ones go on.
+                    if pr is not None:
+                        unused(pr)
+                    return False
                 pr = await ctx.pick()
             call = ctx.start(pr)
             if call is None:
@@ -289,14 +337,20 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
             return
         if not self._running:
             self._running = True
-            self._outcome = asyncio.get_running_loop().create_future()
             await self._run()
             return
-        assert self._outcome is not None
+        # A second awaiter while the first drives the attempts.
+        if self._outcome is None:
+            self._outcome = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._outcome)
 
     def __await__(self) -> Generator[Any, None, Any]:
-        yield from self._wait().__await__()
+        if not self._running and not self._done:
+            # The first awaiter drives the attempts itself: one frame less per step.
+            self._running = True
+            yield from self._run().__await__()
+        else:
+            yield from self._wait().__await__()
         if self._cancelled:
             raise asyncio.CancelledError()
         if self._error is not None:
@@ -357,7 +411,8 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         return self._done
 
     def time_remaining(self) -> float | None:
-        return self._ctx.att.remaining()
+        d = self._ctx.deadline
+        return None if d is None else max(0.0, d - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._done:
@@ -492,7 +547,8 @@ class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCal
         return self._error is not None or (self._call is not None and bool(self._call.done()))
 
     def time_remaining(self) -> float | None:
-        return self._ctx.att.remaining()
+        d = self._ctx.deadline
+        return None if d is None else max(0.0, d - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._call is not None:

@@ -23,7 +23,7 @@ def build(target: str, **config: Any) -> Any:
 
 
 def dns_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith("discovery-dns"))
+    return sum(1 for t in threading.enumerate() if t.name == "discovery-resolver dns")
 
 
 def test_defaults() -> None:
