@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 def test_settings_check_the_pool_size() -> None:
     assert ChannelSettings().connections_per_backend == 1
-    assert ChannelSettings(connections_per_backend=4).replace(drain_grace=1.0).connections_per_backend == 4
+    assert dataclasses.replace(ChannelSettings(connections_per_backend=4), drain_grace=1.0).connections_per_backend == 4
     for bad in (0, 65, "2", True):
         with pytest.raises(ConfigError) as ei:
             ChannelSettings(connections_per_backend=bad)  # type: ignore[arg-type]

@@ -161,7 +161,7 @@ class PeakEwma(BaseBalancer):
         return PeakEwmaPicker(states, self._now)
 
 
-def _duration(config: Mapping[str, Any], key: str, default: float | str, key_path: str) -> float:
+def _duration(config: Mapping[str, Any], key: str, default: str, key_path: str) -> float:
     v = parse_duration(config.get(key, default), key_path=f"{key_path}.{key}")
     if v <= 0:
         raise ConfigError(f"expected a duration > 0, got {config.get(key)!r}", key_path=f"{key_path}.{key}")
@@ -178,7 +178,7 @@ class PeakEwmaBuilder(BalancerBuilder):
                               "expected decay, defaultRtt, failurePenalty", key_path=key_path)
         decay = _duration(config, "decay", "10s", key_path)
         rtt = _duration(config, "defaultRtt", "0.03s", key_path)
-        penalty = _duration(config, "failurePenalty", 10 * rtt, key_path)
+        penalty = _duration(config, "failurePenalty", "", key_path) if "failurePenalty" in config else 10 * rtt
         return PeakEwmaConfig(decay, rtt, penalty)
 
     def build(self, helper: BalancerHelper, config: Any) -> Balancer:
