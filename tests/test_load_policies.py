@@ -452,3 +452,20 @@ def test_circuit_breaker_drop_is_not_an_outlier_failure_whichever_is_parent() ->
         finish(held)
         h.run_due()
         assert h.ejections == []
+
+
+def test_pyproject_registers_every_policy_under_its_name() -> None:
+    # The entry points resolve only once the distribution is (re)installed;
+    # this checks what an install will register.
+    import tomllib
+    from importlib.metadata import EntryPoint
+    from pathlib import Path
+
+    from discovery.balancer import BalancerBuilder
+
+    eps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())[
+        "project"]["entry-points"]["discovery.balancers"]
+    assert {"least_request", "peak_ewma", "weighted_round_robin", "circuit_breaker"} <= set(eps)
+    for name, value in eps.items():
+        builder = EntryPoint(name, value, "discovery.balancers").load()()
+        assert isinstance(builder, BalancerBuilder) and builder.name == name
