@@ -189,7 +189,13 @@ class Picker(abc.ABC):
 
     @abc.abstractmethod
     def pick(self, method: str, metadata: Metadata | None) -> PickResult | None:
-        """Pick a backend for ``method``. Never blocks, takes no lock; may raise :class:`Drop`."""
+        """Pick a backend for ``method``; may raise :class:`Drop`.
+
+        Never blocks. Takes no lock, except a lock held for a few instructions
+        where a policy must count atomically (Python has no atomic integers):
+        least_request and peak_ewma count in-flight RPCs, circuit_breaker
+        reserves its slots.
+        """
 
 
 class QueuePicker(Picker):
