@@ -42,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--only", choices=["pick"], default=None, help="pick: only pick costs and ring_hash's ring")
     m.add_argument("--json", dest="json_path", default=None)
 
+    t = sub.add_parser("tail", help="tail latency with one backend 10x slower: p50/p99 per policy, one run")
+    t.add_argument("--delays-ms", type=lambda s: [float(x) for x in _csv(s)], default=[2, 2, 2, 2, 20],
+                   help="per-backend delay (default 2,2,2,2,20)")
+    t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--rpcs", type=int, default=2000, help="RPCs per policy per round (default 2000)")
+    t.add_argument("--concurrency", type=int, default=16)
+    t.add_argument("--quick", action="store_true")
+    t.add_argument("--json", dest="json_path", default=None)
+
+    pk = sub.add_parser("picks", help="pick cost of every policy at 10, 1k and 10k backends (the micro subset)")
+    pk.add_argument("--quick", action="store_true")
+
     rp = sub.add_parser("report", help="render RESULTS.md from the JSON of run/micro")
     rp.add_argument("--run", action="append", default=[], help="JSON of a run (repeatable: one per N)")
     rp.add_argument("--micro", default=None)
@@ -63,6 +75,19 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg)
         errors = sum(r["errors"] for r in summary["rows"])
         return 1 if errors else 0
+    if args.cmd == "tail":
+        from .tail import run_tail
+
+        rounds, rpcs = (1, 400) if args.quick else (args.rounds, args.rpcs)
+        out = run_tail(delays_ms=args.delays_ms, rounds=rounds, rpcs=rpcs, concurrency=args.concurrency,
+                       warm_s=1.5 if args.quick else 3.0, json_path=args.json_path)
+        return 1 if any(r["errors"] for r in out["rows"]) else 0
+    if args.cmd == "picks":
+        from .micro import bench_pick, format_pick
+
+        print(format_pick({"pick": bench_pick((10, 1000) if args.quick else (10, 1000, 10000),
+                                              20000 if args.quick else 200000)}))
+        return 0
     if args.cmd == "micro":
         import json
 

@@ -44,11 +44,21 @@ READY = grpc.ChannelConnectivity.READY
 
 
 def _balancer_builders() -> dict[str, Any]:
+    ensure_policies()
     return dict(discovery.registered_balancers())
 
 
-def _balancer_builders() -> dict[str, Any]:
-    return dict(discovery.registered_balancers())
+def ensure_policies() -> None:
+    """Register this checkout's built-in policies that the installed entry points lack (an install
+    made before they existed); an installed one wins."""
+    from discovery.balancers.circuit_breaker import CircuitBreakerBuilder
+    from discovery.balancers.least_request import LeastRequestBuilder
+    from discovery.balancers.peak_ewma import PeakEwmaBuilder
+    from discovery.balancers.weighted_round_robin import WeightedRoundRobinBuilder
+
+    for b in (LeastRequestBuilder(), PeakEwmaBuilder(), WeightedRoundRobinBuilder(), CircuitBreakerBuilder()):
+        if not discovery.registry.has_balancer(b.name):
+            discovery.register_balancer(b)
 
 
 class _Timer:
@@ -100,45 +110,80 @@ def _best_per_call(fn: Callable[[], None], loops: int, repeat: int = 5) -> float
     return best
 
 
-# Policies that need a config, and the request metadata their picks read: the
-# header a ring_hash key or a subset is chosen by (the subset is one tenth of
-# the backends: _routed_addresses gives ten versions, three zones).
-_PICK_CASES: dict[str, tuple[dict[str, Any], Any]] = {
-    "ring_hash": ({"requestHashHeader": "x-user"}, (("x-trace", "1"), ("x-user", "user-1234"))),
-    "subset": ({"header": "x-version", "attribute": "version"}, (("x-trace", "1"), ("x-version", "v3"))),
-    "zone_aware": ({"localZone": "zone-0"}, None),
-}
+# (label, policy, config, weights of the addresses, request metadata): the pick
+# benchmark's cases. Routing policies read a header: a ring_hash key, or a
+# subset (one tenth of the backends: _routed_addresses gives ten versions,
+# three zones).
+PICK_CASES: tuple[tuple[str, str, dict[str, Any], Callable[[int], int], Any], ...] = (
+    ("pick_first", "pick_first", {}, lambda i: 1, None),
+    ("round_robin", "round_robin", {}, lambda i: 1, None),
+    ("round_robin slowStart", "round_robin", {"slowStart": {}}, lambda i: 1, None),
+    ("weighted_round_robin", "weighted_round_robin", {}, lambda i: 1 + i % 4, None),
+    ("least_request", "least_request", {}, lambda i: 1, None),
+    ("peak_ewma", "peak_ewma", {}, lambda i: 1, None),
+    ("circuit_breaker(rr)", "circuit_breaker", {"maxRequestsPerBackend": 100}, lambda i: 1, None),
+    ("outlier_detection(rr)", "outlier_detection", {}, lambda i: 1, None),
+    ("ring_hash", "ring_hash", {"requestHashHeader": "x-user"}, lambda i: 1,
+     (("x-trace", "1"), ("x-user", "user-1234"))),
+    ("subset", "subset", {"header": "x-version", "attribute": "version"}, lambda i: 1,
+     (("x-trace", "1"), ("x-version", "v3"))),
+    ("priority_failover", "priority_failover", {}, lambda i: 1, None),
+    ("zone_aware", "zone_aware", {"localZone": "zone-0"}, lambda i: 1, None),
+)
 
 
-def _routed_addresses(n: int) -> tuple[Address, ...]:
+def _routed_addresses(n: int, weight: Callable[[int], int] = lambda i: 1) -> tuple[Address, ...]:
     """:func:`_addresses` with the data routing policies read: a version attribute and a zone."""
-    return tuple(Address(a.host, a.port, a.weight, zone=f"zone-{i % 3}", attributes={"version": f"v{i % 10}"})
+    return tuple(Address(a.host, a.port, weight(i), zone=f"zone-{i % 3}", attributes={"version": f"v{i % 10}"})
                  for i, a in enumerate(_addresses(n)))
 
 
 def bench_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
+    """Per case and size: one pick plus its ``done`` (what an RPC costs the policy), best of 5.
+
+    Weighted round robin gets addresses of weights 1..4, so its EDF scheduler
+    is measured (equal weights make it plain rotation). Slow start is
+    measured while one backend (added after the first picker) ramps.
+    """
+    from discovery.balancer import DoneInfo
+
+    builders = _balancer_builders()
+    ok = DoneInfo(grpc.StatusCode.OK, 0.001)
     out = []
-    for name, builder in sorted(_balancer_builders().items()):
-        config, metadata = _PICK_CASES.get(name, ({}, None))
+    for label, name, config, weight, metadata in PICK_CASES:
+        builder = builders.get(name)
+        if builder is None:
+            continue
         for n in sizes:
-            subs = [FakeSubConn(a, state=READY) for a in _routed_addresses(n)]
+            subs = [FakeSubConn(a, state=READY) for a in _routed_addresses(n, weight)]
             helper = FakeHelper(FakeClock())
             try:
                 cfg = builder.parse_config(config, key_path="loadBalancingConfig[0]")
                 bal = builder.build(helper, cfg)
+                if "slowStart" in config:
+                    update(bal, subs[:-1])
                 update(bal, subs)
             except Exception as exc:
-                out.append({"balancer": name, "backends": n, "error": f"{type(exc).__name__}: {exc}"})
+                out.append({"balancer": label, "backends": n, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             picker = helper.picker
             pick = picker.pick
             method = "/bench.Bench/Echo"
             got = pick(method, metadata)
+            if got is not None and got.done is not None:
+                got.done(ok)
+
+            def one(pick: Any = pick, method: str = method, md: Any = metadata) -> None:
+                r = pick(method, md)
+                d = r.done
+                if d is not None:
+                    d(ok)
+
             empty = _best_per_call(lambda: None, loops)
-            per = _best_per_call(lambda pick=pick, method=method, md=metadata: pick(method, md), loops)
-            out.append({"balancer": name, "backends": n, "pick_us": per * 1e6,
+            per = _best_per_call(one, loops)
+            out.append({"balancer": label, "backends": n, "pick_us": per * 1e6,
                         "pick_us_net": max(0.0, per - empty) * 1e6, "picked": got is not None,
-                        "goal_us": 1.0, "ok": per * 1e6 <= 1.0})
+                        "picker": type(picker).__name__, "goal_us": 1.0, "ok": per * 1e6 <= 1.0})
     return out
 
 
@@ -620,16 +665,16 @@ def run_micro(*, quick: bool = False, sizes: Sequence[int] = (10, 1000, 10000),
 
 
 def format_pick(res: dict[str, Any]) -> str:
-    lines = ["pick cost (goal <= 1 us/pick)",
-             f"  {'balancer':22} {'backends':>8} {'us/pick':>8} {'net us':>7}  verdict"]
+    lines = ["pick cost: one pick and its done (goal <= 1 us/pick)",
+             f"  {'balancer':22} {'backends':>8} {'us/pick':>8} {'net us':>7}  {'picker':18} verdict"]
     for r in res["pick"]:
         if "error" in r:
             lines.append(f"  {r['balancer']:22} {r['backends']:8}  error: {r['error']}")
             continue
         lines.append(f"  {r['balancer']:22} {r['backends']:8} {r['pick_us']:8.3f} {r['pick_us_net']:7.3f}  "
-                     f"{'ok' if r['ok'] else 'MISSES'}")
-    r = res["ring"]
-    if r["update_ms"] is not None:
+                     f"{r.get('picker', ''):18} {'ok' if r['ok'] else 'MISSES'}")
+    r = res.get("ring")
+    if r and r["update_ms"] is not None:
         lines.append(f"  ring_hash at {r['backends']} backends: ring build {r['ring_default_ms']:.1f} ms "
                      f"({r['ring_default_entries']} entries, default sizes), {r['ring_large_ms']:.1f} ms "
                      f"({r['ring_large_entries']} entries); whole address-set update {r['update_ms']:.1f} ms")

@@ -25,7 +25,7 @@ import discovery.aio
 from .modes import AioTarget
 from .server import ECHO
 
-__all__ = ["AIO_LABELS", "AIO_NOTE", "LABELS", "Variant", "build", "build_aio"]
+__all__ = ["AIO_LABELS", "AIO_NOTE", "LABELS", "POLICY_VARIANTS", "Variant", "build", "build_aio"]
 
 LABELS = {
     "A": "grpc.insecure_channel, 1 backend (floor)",
@@ -33,6 +33,22 @@ LABELS = {
     "D": "discovery round_robin, N backends; futures on one shared grpc.aio loop",
     "DM": "D with Prometheus metrics on (discovery.metrics, observer installed only while DM is measured)",
 }
+
+# discovery channels with another policy, built like D (the futures design is D's).
+POLICY_VARIANTS: dict[str, dict[str, Any]] = {
+    "LR": {"loadBalancingConfig": [{"least_request": {}}]},
+    "PE": {"loadBalancingConfig": [{"peak_ewma": {}}]},
+    "WRR": {"loadBalancingConfig": [{"weighted_round_robin": {}}]},
+    "CB": {"loadBalancingConfig": [{"circuit_breaker": {"maxRequestsPerBackend": 1000}}]},
+    "OD": {"loadBalancingConfig": [{"outlier_detection": {}}]},
+}
+LABELS.update({
+    "LR": "discovery least_request, N backends",
+    "PE": "discovery peak_ewma, N backends",
+    "WRR": "discovery weighted_round_robin (registry weights 1..4: EDF), N backends",
+    "CB": "discovery circuit_breaker over round_robin, N backends",
+    "OD": "discovery outlier_detection over round_robin, N backends",
+})
 
 # The same letters in the aio mode.
 AIO_LABELS = {
@@ -42,6 +58,9 @@ AIO_LABELS = {
          "per backend, on the mode's loop)",
     "DM": "D (aio) with Prometheus metrics on (only while DM is measured)",
 }
+
+AIO_LABELS.update({k: "discovery.aio.insecure_channel, " + v.removeprefix("discovery ")
+                   for k, v in LABELS.items() if k in POLICY_VARIANTS})
 
 AIO_NOTE = (
     "aio: one asyncio loop on the main thread; 32 tasks, each awaiting one unary call after the other (the "
@@ -83,6 +102,11 @@ def _wait_discovery_ready(ch: discovery.Channel, n: int, timeout: float = 60.0) 
         time.sleep(0.01)
     states = {b.address: b.state.name for b in ch.backends() if b.state is not grpc.ChannelConnectivity.READY}
     raise TimeoutError(f"discovery channel not READY on all {n} backends after {timeout}s: {states}")
+
+
+def _weights(name: str, n: int) -> dict[str, Any] | None:
+    # Unequal registry weights, so weighted_round_robin runs its EDF scheduler.
+    return {"weights": [1 + i % 4 for i in range(n)]} if name == "WRR" else None
 
 
 def _warm(mc: Any, n: int, futures: int = 64) -> None:
@@ -149,6 +173,16 @@ def build(name: str, targets: list[str], warm_rpcs: int | None = None) -> Varian
         with v.active():
             _warm(v.mc, warm)  # the metrics' label children exist before measuring
         return v
+    if name in POLICY_VARIANTS:
+        from .micro import ensure_policies
+
+        ensure_policies()
+        ch = discovery.insecure_channel("static:///" + ",".join(targets), service_config=POLICY_VARIANTS[name],
+                                        resolver_config=_weights(name, n))
+        _wait_discovery_ready(ch, n)
+        mc = ch.unary_unary(ECHO)
+        _warm(mc, warm, futures=max(64, 2 * n))
+        return Variant(name, ch, mc)
     if name == "D":
         ch = discovery.insecure_channel("static:///" + ",".join(targets), service_config=RR)
         _wait_discovery_ready(ch, n)
@@ -200,8 +234,13 @@ async def _build_aio(name: str, targets: list[str], warm: int) -> tuple[Any, Any
         await asyncio.sleep(min(2.0, 0.2 + n / 500))  # every subchannel READY, as in build()
         await _warm_aio(mc, warm)
         return ch, mc
-    if name in ("D", "DM"):
-        dch = discovery.aio.insecure_channel("static:///" + ",".join(targets), service_config=RR)
+    if name in ("D", "DM") or name in POLICY_VARIANTS:
+        from .micro import ensure_policies
+
+        ensure_policies()
+        dch = discovery.aio.insecure_channel("static:///" + ",".join(targets),
+                                             service_config=POLICY_VARIANTS.get(name, RR),
+                                             resolver_config=_weights(name, n))
         await _wait_discovery_aio_ready(dch, n)
         mc = dch.unary_unary(ECHO)
         # Round robin over >= 3N sequential calls: every backend makes (and

@@ -261,6 +261,12 @@ def _from_config(service: str, path: str | os.PathLike[str] | None, settings: Ch
             raise ConfigError(f"expected a discovery.ChannelSettings, got {type(settings).__name__}",
                               key_path="settings")
         settings = dataclasses.replace(settings or ChannelSettings(), drain_grace=e.drain_grace)
+    if e.connections_per_backend is not None:
+        if settings is not None and not isinstance(settings, ChannelSettings):
+            raise ConfigError(f"expected a discovery.ChannelSettings, got {type(settings).__name__}",
+                              key_path="settings")
+        settings = dataclasses.replace(settings or ChannelSettings(),
+                                       connections_per_backend=e.connections_per_backend)
     options: list[tuple[str, Any]] = list(e.options)
     if e.tls is None:
         return _open(e.target, None, options, None, e.service_config, e.resolver, settings, aio=aio)

@@ -26,8 +26,12 @@ _TO_CONNECTIVITY = _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
 def state_reader(channel: grpc.Channel) -> Callable[[bool], grpc.ChannelConnectivity]:
     """A function ``(try_to_connect) -> ChannelConnectivity`` for a sync grpc channel.
 
-    Non-blocking; safe from any thread.
+    Non-blocking; safe from any thread. A connection pool
+    (:class:`discovery.pool.PooledChannel`) answers for its members.
     """
+    pooled = getattr(channel, "read_state", None)
+    if pooled is not None:
+        return pooled  # type: ignore[no-any-return]
     core = getattr(channel, "_channel", None)
     check = getattr(core, "check_connectivity_state", None)
     if check is None:

@@ -469,9 +469,10 @@ class ServiceEntry:
     resolver: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     tls: TLSConfig | None = None
     drain_grace: float | None = None
+    connections_per_backend: int | None = None
 
 
-_SERVICE_KEYS = {"target", "options", "service_config", "resolver", "tls", "drain_grace"}
+_SERVICE_KEYS = {"target", "options", "service_config", "resolver", "tls", "drain_grace", "connections_per_backend"}
 _TLS_KEYS = {"ca_file", "cert_file", "key_file", "server_name"}
 
 
@@ -596,7 +597,12 @@ def _entry(name: str, raw: Any, src: str) -> ServiceEntry:
     if "drain_grace" in raw:
         # This library's own key: a number of seconds is documented as fine here.
         grace = parse_duration(raw["drain_grace"], key_path=f"{base}.drain_grace", source=src, allow_number=True)
-    return ServiceEntry(name, target, opts, sc, _frozen(resolver), tls, grace)
+    conns = None
+    if "connections_per_backend" in raw:
+        conns = raw["connections_per_backend"]
+        _expect(isinstance(conns, int) and not isinstance(conns, bool) and 1 <= conns <= 64,
+                "an integer 1..64", conns, src, f"{base}.connections_per_backend")
+    return ServiceEntry(name, target, opts, sc, _frozen(resolver), tls, grace, conns)
 
 
 @dataclass(frozen=True, slots=True)

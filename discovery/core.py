@@ -34,13 +34,16 @@ from .balancer import (
     Balancer,
     BalancerState,
     Cancellable,
+    Drop,
     ErrorPicker,
     Metadata,
     Picker,
     PickResult,
     QueuePicker,
+    StreamHandle,
     SubConn,
 )
+from .calls.books import dropped, unused
 from .clock import Clock
 from .config import ServiceConfig
 from .control import ControlLoop, Timer
@@ -48,6 +51,7 @@ from .errors import ResolverError
 from .manager import SubchannelManager
 from .resolver import Resolver
 from .settings import ChannelSettings
+from .streams import BackendStream
 
 __all__ = ["ChannelCore", "assemble", "backend_factory"]
 
@@ -137,6 +141,12 @@ class ChannelCore:
         (self._ejected.add if ejected else self._ejected.discard)(b.addr)
         if ejected:  # observability: discovery_ejections_total
             self.stats.ejections[b.addr] = self.stats.ejections.get(b.addr, 0) + 1
+
+    def open_stream(self, subconn: SubConn, method: str, request: bytes,
+                    on_message: Callable[[bytes], None],
+                    on_end: Callable[[grpc.StatusCode, str], None]) -> StreamHandle:
+        """A server stream to ``subconn``'s backend alone (see :meth:`BalancerHelper.open_stream`)."""
+        return BackendStream.start(self.loop, subconn.backend, self.aio_loop, method, request, on_message, on_end)
 
     # -- control thread ---------------------------------------------------
 
@@ -359,13 +369,17 @@ class ChannelCore:
         """A pick whose backend is not in ``tried`` when the picker offers one (at most
         len(tried)+1 picks), else the last pick; None if nothing can be picked. Never blocks."""
         picker = self.picker
-        r = picker.pick(method, metadata)
-        if not tried or r is None:
-            return r
-        for _ in range(len(tried)):
-            if r is None or r.subconn.backend not in tried:
-                break
+        try:
             r = picker.pick(method, metadata)
+            if not tried or r is None:
+                return r
+            for _ in range(len(tried)):
+                if r is None or r.subconn.backend not in tried:
+                    break
+                unused(r)  # a pick that is not taken still gets its done (a reservation is released)
+                r = picker.pick(method, metadata)
+        except Drop as drop:
+            raise dropped(drop) from None
         return r
 
     def wait_pick(self, method: str, metadata: Metadata | None, deadline: float | None,
@@ -519,6 +533,15 @@ def backend_factory(core: ChannelCore, make_channel: Callable[[Address], grpc.Ch
     """How the manager makes a backend: a sync channel (plus an aio twin for futures), or,
     for an asyncio channel, one aio channel made on the application's loop."""
     health = core.service_config.health_service_name is not None
+    n = core.settings.connections_per_backend
+    if n > 1:
+        # A pool of n grpc channels (n connections) stands in for each backend's channel.
+        from .pool import PooledAioChannel, PooledChannel
+
+        one_channel, one_aio = make_channel, make_aio_channel
+        if one_channel is not None:
+            make_channel = lambda a: PooledChannel([one_channel(a) for _ in range(n)])  # noqa: E731
+        make_aio_channel = lambda a: PooledAioChannel([one_aio(a) for _ in range(n)])  # noqa: E731
 
     def make(address: Address) -> Backend:
         if make_channel is not None:

@@ -23,6 +23,11 @@ Or in-process, as tests do::
 Every response carries ``served_by`` (the server's name) and every
 OrderService RPC, failed or not, carries a ``served-by`` trailing metadata
 entry, so a client can tell which backend answered.
+
+The server reports its load with ORCA (:mod:`discovery.orca`): the
+``xds.service.orca.v3.OpenRcaService`` out of band, which
+``weighted_round_robin`` with ``enableOobLoadReport`` reads, and the
+``endpoint-load-metrics-bin`` trailer on every call, for other gRPC clients.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from typing import Any, NamedTuple
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from discovery import orca
 from examples.orders import SERVICE_NAME, pb2, pb2_grpc
 
 __all__ = [
@@ -387,6 +393,8 @@ class OrderServicer(pb2_grpc.OrderServiceServicer):
       a backend can look healthy yet fail all traffic, as outlier detection
       expects.
     - ``fail_details``: the status message of those failures.
+    - ``load``: the :class:`discovery.orca.ServerMetrics` this server reports
+      (set by :func:`serve`); e.g. ``load.set_application_utilization(0.8)``.
     """
 
     def __init__(self, name: str, store: OrderStore | None = None) -> None:
@@ -397,6 +405,7 @@ class OrderServicer(pb2_grpc.OrderServiceServicer):
         self._fail_with: grpc.StatusCode | None = None
         self._calls: collections.Counter[str] = collections.Counter()
         self._calls_lock = threading.Lock()
+        self.load: orca.ServerMetrics | None = None
 
     @property
     def fail_with(self) -> grpc.StatusCode | None:
@@ -560,16 +569,23 @@ def serve(
     Raises:
         RuntimeError: the address could not be bound.
     """
+    # ORCA load reports (discovery.orca): counted per call, served out of band
+    # for weighted_round_robin clients, and as the per-call trailer for other
+    # gRPC clients. Each open report stream holds a worker thread.
+    load = orca.ServerMetrics()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="orders"),
-        interceptors=[LoggingInterceptor(on_done=on_rpc_done), ValidationInterceptor(), *(interceptors or ())],
+        interceptors=[orca.OrcaInterceptor(load), LoggingInterceptor(on_done=on_rpc_done), ValidationInterceptor(),
+                      *(interceptors or ())],
         options=list(options or ()),
     )
+    orca.add_orca_service(server, load)
     bound = server.add_insecure_port(_join_host_port(host, port))
     if bound == 0:  # Older grpcio reports a failed bind by returning 0 instead of raising.
         raise RuntimeError(f"could not bind {_join_host_port(host, port)}")
     servicer = OrderServicer(name or _join_host_port(host, bound), store)
     servicer.fail_with = fail_with
+    servicer.load = load
     pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)
     # The default non-blocking mode can deadlock when set() races a closing
     # Watch in grpcio 1.85 (grpc/grpc PR #43403); blocking mode costs one

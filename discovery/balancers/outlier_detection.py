@@ -154,7 +154,8 @@ class _Picker(Picker):
         inner = r.done
 
         def done(info: DoneInfo) -> None:
-            od.record(st, record, info)
+            if info.attempted:  # a pick the channel did not use says nothing about the backend
+                od.record(st, record, info)
             if inner is not None:
                 inner(info)
 

@@ -25,10 +25,10 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # in grpc.aio, not in it
 
 from .._calls import LocalRpcError
 from ..attempts import Attempts, effective_deadline
-from ..balancer import Metadata, PickResult
+from ..balancer import Drop, Metadata, PickResult
 from ..methodconfig import MethodConfig
 from .blocking import wait_for_ready_of
-from .books import begin_attempt, end_attempt
+from .books import begin_attempt, end_attempt, unused
 
 if TYPE_CHECKING:
     from .._futures import AioTwin
@@ -105,12 +105,16 @@ class _Ctx:
         return self._att is not None and self._att.hedging is not None
 
     def pick_now(self) -> PickResult | None:
+        """A pick without waiting, or None (a picker's drop then surfaces from :meth:`pick`)."""
         core = self.core
         if core.closed:
             return None
-        if not self.tried:
-            return core.picker.pick(self.method, self.metadata)
-        return core.pick_avoiding(self.method, self.metadata, self.tried)
+        try:
+            if not self.tried:
+                return core.picker.pick(self.method, self.metadata)
+            return core.pick_avoiding(self.method, self.metadata, self.tried)
+        except (Drop, LocalRpcError):
+            return None
 
     async def pick(self) -> PickResult:
         r = self.pick_now()
@@ -124,6 +128,7 @@ class _Ctx:
         started = begin_attempt(self.core, pr, self.method, self._att)
         self.tried.append(b)
         if not started:
+            unused(pr)
             return None
         t0 = time.perf_counter()
         if self._att is not None:
@@ -136,6 +141,7 @@ class _Ctx:
                          credentials=self.credentials, wait_for_ready=False, compression=self.compression)
         except BaseException:
             b.end()
+            unused(pr)
             raise
         core, method = self.core, self.method
 
@@ -252,6 +258,8 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
             if pr is None or (started and pr.subconn.backend in ctx.tried):
                 if started:
                     # No backend left that no copy went to: the running ones go on.
+                    if pr is not None:
+                        unused(pr)
                     return False
                 pr = await ctx.pick()
             call = ctx.start(pr)

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ..balancer import DoneInfo, PickResult
+from .._calls import LocalRpcError
+from ..balancer import NOT_ATTEMPTED, DoneInfo, Drop, PickResult
 
 if TYPE_CHECKING:
     from ..attempts import Attempts
     from ..core import ChannelCore
     from ..observe import Observer
 
-__all__ = ["begin_attempt", "end_attempt", "metadata_tuple", "set_observer"]
+__all__ = ["begin_attempt", "dropped", "end_attempt", "metadata_tuple", "set_observer", "unused"]
 
 log = logging.getLogger("discovery.channel")
 
@@ -86,3 +87,18 @@ def end_attempt(core: ChannelCore, pr: PickResult, t0: float, code: grpc.StatusC
             obs.attempt_ended(core, b, method, info)
         except Exception:
             log.exception("observer %r failed", obs, extra={"target": core.target, "backend": b.addr})
+
+
+def unused(pr: PickResult) -> None:
+    """``pr`` was picked but no attempt was sent with it: its ``done`` gets :data:`NOT_ATTEMPTED`."""
+    done = pr.done
+    if done is not None:
+        try:
+            done(NOT_ATTEMPTED)
+        except Exception:
+            log.exception("done callback of %r failed", pr)
+
+
+def dropped(drop: Drop) -> LocalRpcError:
+    """The RPC's error for a picker's :class:`~discovery.balancer.Drop`: failed here, never sent."""
+    return LocalRpcError(drop.code, drop.details)

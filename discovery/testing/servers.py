@@ -13,6 +13,10 @@ Methods (all under ``/discovery.testing.Echo/``):
   can hold a stream open by clearing it).
 - ``ClientStream``: returns ``name:count`` of the requests received.
 - ``Bidi``: answers each request with ``name:request``.
+
+With ``orca`` (a :class:`discovery.orca.ServerMetrics`) the server also
+serves ORCA load reports, out of band and per call; ``delay`` makes every
+``Unary`` call take that long (a slow backend).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ class BackendServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
                  max_workers: int = 16, with_health: bool = True,
                  credentials: grpc.ServerCredentials | None = None,
-                 options: tuple[tuple[str, Any], ...] = ()) -> None:
+                 options: tuple[tuple[str, Any], ...] = (), *, orca: Any = None,
+                 orca_min_interval: float = 1.0, delay: float = 0.0) -> None:
         self.host = host
         # grpc server arguments, e.g. the ping policy a keepalive test needs.
         self.options = tuple(options)
@@ -59,6 +64,11 @@ class BackendServer:
         self.fail_with: grpc.StatusCode | None = None
         self.with_health = with_health
         self.credentials = credentials
+        # A discovery.orca.ServerMetrics: serve ORCA reports (out of band and per call) from it.
+        self.orca = orca
+        self.orca_min_interval = orca_min_interval
+        # Seconds every Unary call takes (a slow backend), on an event, so a cancelled call ends at once.
+        self.delay = delay
         self.last_metadata: tuple[tuple[str, Any], ...] = ()
         # Makes the health service's Watch fail with this status (a broken health endpoint).
         self.health_fails_with: grpc.StatusCode | None = None
@@ -68,6 +78,8 @@ class BackendServer:
         self.unary_gate = threading.Event()
         self.unary_gate.set()
         self.calls: collections.Counter[str] = collections.Counter()
+        # Client addresses (ip:port) echo RPCs came from: one per connection.
+        self.peers: set[str] = set()
         self.active = 0
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
@@ -91,6 +103,7 @@ class BackendServer:
         with self._lock:
             self.calls[method] += 1
             self.last_metadata = tuple(context.invocation_metadata())
+            self.peers.add(context.peer())
         if self.fail_with is not None:
             context.abort(self.fail_with, f"{self.name} fails every RPC with {self.fail_with.name}")
 
@@ -102,6 +115,10 @@ class BackendServer:
             while not self.unary_gate.wait(0.05):
                 if not context.is_active():
                     break
+            if self.delay > 0:
+                ended = threading.Event()
+                context.add_callback(ended.set)
+                ended.wait(self.delay)
             return self.name.encode()
         finally:
             with self._lock:
@@ -133,7 +150,17 @@ class BackendServer:
 
     def start(self) -> BackendServer:
         """Start (or restart on the same port). Returns self."""
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers), options=self.options)
+        interceptors: list[Any] = []
+        if self.orca is not None:
+            from ..orca import OrcaInterceptor
+
+            interceptors.append(OrcaInterceptor(self.orca))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers), options=self.options,
+                             interceptors=interceptors)
+        if self.orca is not None:
+            from ..orca import add_orca_service
+
+            add_orca_service(server, self.orca, min_report_interval=self.orca_min_interval)
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(self._unary, _ident, _ident),
             "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream, _ident, _ident),
