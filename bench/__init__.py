@@ -9,13 +9,10 @@ Sub-commands (see ``python -m bench --help``):
 
 - ``run`` (default): A = plain grpc channel to one backend (the floor),
   B = grpcio's native ``round_robin`` over N backends, D = discovery's
-  ``round_robin`` over the same N, in the sync, future and threads modes
-  (plus D-old, the pre-integration future, in the future mode), and in the
+  ``round_robin`` over the same N, in the sync, future and threads modes, and in the
   aio mode as grpc.aio channels (``grpc.aio.insecure_channel`` to one
   backend / with round_robin over N, ``discovery.aio.insecure_channel``),
   32 asyncio tasks awaiting unary calls on one event loop.
-- ``futures``: the integrated future (D) against the other designs of
-  :mod:`bench.futures_design` at several N: CPU vs B, thread starts.
 - ``threads``: peak thread count while 200 ``.future()`` calls are in flight
   (unary, unary with a retry policy, stream-unary), grpcio's native
   ``round_robin`` channel (B) against discovery (D), side by side.
@@ -24,8 +21,11 @@ Sub-commands (see ``python -m bench --help``):
 
 Modules: :mod:`bench.server` (the backend process) and :mod:`bench.procs`
 (starting/killing it), :mod:`bench.modes` (load shapes), :mod:`bench.variants`
-(the channels compared), :mod:`bench.threads` (the threads command), :mod:`bench.futures_design` and
-:mod:`bench.pooled_blocking` (future designs), :mod:`bench.harness` (run,
-futures), :mod:`bench.micro`, :mod:`bench.report`, and
+(the channels compared), :mod:`bench.harness` (run), :mod:`bench.threads`, :mod:`bench.micro`,
+:mod:`bench.report`, and
 :mod:`bench.health` (``python -m bench.health``, health checking).
+
+The experiments that chose the futures design (pooled spin loops, a blocking
+pool, a held stream per backend) served that decision and are gone; their
+measurements stay in RESULTS.md.
 """

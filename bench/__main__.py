@@ -1,4 +1,4 @@
-"""``python -m bench [run|futures|threads|micro] ...`` — see :mod:`bench` and ``--help``."""
+"""``python -m bench [run|threads|tail|picks|micro|report] ...`` — see :mod:`bench` and ``--help``."""
 
 from __future__ import annotations
 
@@ -25,44 +25,45 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="A vs B vs D (and future designs), interleaved rounds (default)")
+    r = sub.add_parser("run", help="A vs B vs D, interleaved rounds (default)")
     r.add_argument("--backends", type=int, default=10, help="N backends (default 10)")
     r.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
     r.add_argument("--rpcs", type=int, default=1500, help="RPCs per variant per mode per round (default 1500)")
     r.add_argument("--modes", type=_csv, default=["sync", "future", "threads", "aio"],
                    help="comma list of sync,future,threads,aio (default all; aio = grpc.aio channels, "
                         "32 tasks awaiting unary calls)")
-    r.add_argument("--variants", type=_csv, default=["A", "B", "D"], help="comma list (default A,B,D)")
-    r.add_argument("--designs", type=_csv, default=["D-old"],
-                   help="extra future designs, run in the future mode only "
-                        "(default D-old; any of D-old,S,P,K; '' for none)")
+    r.add_argument("--variants", type=_csv, default=["A", "B", "D"],
+                   help="comma list (default A,B,D; DM = D with Prometheus metrics on, compared with D)")
     r.add_argument("--quick", action="store_true", help="tiny counts: a smoke test (< 30 s)")
     r.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON here")
 
-    f = sub.add_parser("futures", help="future designs at several N: CPU vs B, thread starts, live threads")
-    f.add_argument("--backends", type=_ints, default=[10, 100, 1000], help="comma list of N (default 10,100,1000)")
-    f.add_argument("--designs", type=_csv, default=["D", "D-old", "S", "P", "K"],
-                   help="default D,D-old,S,P,K (B always; K only up to 500 backends)")
-    f.add_argument("--rounds", type=int, default=9)
-    f.add_argument("--rpcs", type=int, default=1000)
-    f.add_argument("--quick", action="store_true")
-    f.add_argument("--json", dest="json_path", default=None)
-
-    t = sub.add_parser("threads", help="peak threads during N concurrent .future() calls: grpcio round_robin vs "
+    th = sub.add_parser("threads", help="peak threads during N concurrent .future() calls: grpcio round_robin vs "
                                        "discovery (unary, unary with retries, stream-unary)")
-    t.add_argument("--backends", type=int, default=10, help="N backends (default 10)")
-    t.add_argument("--calls", type=int, default=200, help="concurrent futures per case (default 200)")
-    t.add_argument("--hold-ms", type=int, default=100, help="how long the server holds each call (default 100)")
-    t.add_argument("--quick", action="store_true", help="4 backends, 40 calls")
-    t.add_argument("--json", dest="json_path", default=None)
+    th.add_argument("--backends", type=int, default=10, help="N backends (default 10)")
+    th.add_argument("--calls", type=int, default=200, help="concurrent futures per case (default 200)")
+    th.add_argument("--hold-ms", type=int, default=100, help="how long the server holds each call (default 100)")
+    th.add_argument("--quick", action="store_true", help="4 backends, 40 calls")
+    th.add_argument("--json", dest="json_path", default=None)
 
     m = sub.add_parser("micro", help="pick, reconcile, hot-path and memory micro-benchmarks")
     m.add_argument("--quick", action="store_true")
+    m.add_argument("--only", choices=["pick"], default=None, help="pick: only pick costs and ring_hash's ring")
     m.add_argument("--json", dest="json_path", default=None)
 
-    rp = sub.add_parser("report", help="render RESULTS.md from the JSON of run/futures/micro")
+    t = sub.add_parser("tail", help="tail latency with one backend 10x slower: p50/p99 per policy, one run")
+    t.add_argument("--delays-ms", type=lambda s: [float(x) for x in _csv(s)], default=[2, 2, 2, 2, 20],
+                   help="per-backend delay (default 2,2,2,2,20)")
+    t.add_argument("--rounds", type=int, default=3)
+    t.add_argument("--rpcs", type=int, default=2000, help="RPCs per policy per round (default 2000)")
+    t.add_argument("--concurrency", type=int, default=16)
+    t.add_argument("--quick", action="store_true")
+    t.add_argument("--json", dest="json_path", default=None)
+
+    pk = sub.add_parser("picks", help="pick cost of every policy at 10, 1k and 10k backends (the micro subset)")
+    pk.add_argument("--quick", action="store_true")
+
+    rp = sub.add_parser("report", help="render RESULTS.md from the JSON of run/micro")
     rp.add_argument("--run", action="append", default=[], help="JSON of a run (repeatable: one per N)")
-    rp.add_argument("--futures", action="append", default=[], help="JSON of futures (repeatable)")
     rp.add_argument("--micro", default=None)
     rp.add_argument("--notes", default=None, help="markdown appended at the end (findings)")
     rp.add_argument("-o", "--out", default=None)
@@ -76,20 +77,25 @@ def main(argv: list[str] | None = None) -> int:
         from .harness import Config, run
 
         cfg = Config(backends=args.backends, rounds=args.rounds, rpcs=args.rpcs, modes=args.modes,
-                     variants=args.variants, designs=args.designs, json_path=args.json_path)
+                     variants=args.variants, json_path=args.json_path)
         if args.quick:
             cfg.backends, cfg.rounds, cfg.rpcs = min(cfg.backends, 4), 2, 200
         summary = run(cfg)
         errors = sum(r["errors"] for r in summary["rows"])
         return 1 if errors else 0
-    if args.cmd == "futures":
-        from .harness import run_futures
+    if args.cmd == "tail":
+        from .tail import run_tail
 
-        ns, rounds, rpcs = args.backends, args.rounds, args.rpcs
-        if args.quick:
-            ns, rounds, rpcs = [4, 20], 1, 200
-        out = run_futures(ns, args.designs, rounds, rpcs, args.json_path)
-        return 1 if any(r["errors"] for r in out["futures"]) else 0
+        rounds, rpcs = (1, 400) if args.quick else (args.rounds, args.rpcs)
+        out = run_tail(delays_ms=args.delays_ms, rounds=rounds, rpcs=rpcs, concurrency=args.concurrency,
+                       warm_s=1.5 if args.quick else 3.0, json_path=args.json_path)
+        return 1 if any(r["errors"] for r in out["rows"]) else 0
+    if args.cmd == "picks":
+        from .micro import bench_pick, format_pick
+
+        print(format_pick({"pick": bench_pick((10, 1000) if args.quick else (10, 1000, 10000),
+                                              20000 if args.quick else 200000)}))
+        return 0
     if args.cmd == "threads":
         from .threads import run_threads_bench
 
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .micro import run_micro
 
-        res = run_micro(quick=args.quick)
+        res = run_micro(quick=args.quick, only=args.only)
         res["command"] = "python -m bench " + " ".join(argv)
         if args.json_path:
             with open(args.json_path, "w") as fh:

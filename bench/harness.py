@@ -1,11 +1,8 @@
-"""The two measured comparisons, in interleaved rounds.
+"""The measured comparison, in interleaved rounds.
 
-- :func:`run` (``python -m bench run``): A, B, D (and future designs in the
-  futures mode) per mode at one N. In the aio mode A, B and D are their
-  grpc.aio counterparts (:func:`bench.variants.build_aio`), on one event loop.
-- :func:`run_futures` (``python -m bench futures``): B and the future designs
-  of :mod:`bench.futures_design` at several N: client CPU, thread starts,
-  peak live threads.
+- :func:`run` (``python -m bench run``): A, B, D per mode at one N. In the
+  aio mode A, B and D are their grpc.aio counterparts
+  (:func:`bench.variants.build_aio`), on one event loop.
 
 One client process, one backend process. A round runs every variant once
 (the order rotated by one each round), so slow drifts of the machine hit all
@@ -22,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,16 +26,17 @@ from typing import Any
 
 import grpc
 
-from .modes import AIO_MODES, MODES, Sample, aio_loop, close_aio_loop, count_thread_starts, run_future
+from .modes import AIO_MODES, MODES, Sample, aio_loop, close_aio_loop, count_thread_starts
 from .procs import BackendProcess
-from .variants import AIO_LABELS, AIO_NOTE, DISPLAY, LABELS, Variant, build, build_aio
+from .variants import AIO_LABELS, AIO_NOTE, LABELS, Variant, build, build_aio
 
-__all__ = ["TARGETS", "Config", "machine", "run", "run_futures"]
+__all__ = ["TARGETS", "Config", "machine", "run"]
 
 # D/B targets from issue 5, on client CPU per RPC.
-TARGETS = {"sync": 1.05, "threads": 1.05, "future": 1.25}
+TARGETS = {"sync": 1.05, "threads": 1.05, "future": 1.25, "aio": 1.05}
+# DM/D target from issue 15: Prometheus metrics on cost at most 10 % client CPU.
+DM_TARGET = 1.10
 BASE_VARIANTS = ("A", "B", "D")
-FUTURE_DESIGNS = ("D-old",)
 
 
 @dataclass
@@ -49,7 +46,6 @@ class Config:
     rpcs: int = 1500
     modes: Sequence[str] = ("sync", "future", "threads", "aio")
     variants: Sequence[str] = BASE_VARIANTS
-    designs: Sequence[str] = FUTURE_DESIGNS  # extra variants, futures mode only
     json_path: str | None = None
 
 
@@ -85,10 +81,7 @@ def machine() -> dict[str, Any]:
 
 
 def _variants_for(cfg: Config, mode: str) -> list[str]:
-    out = list(cfg.variants)
-    if mode == "future":
-        out += [d for d in cfg.designs if d not in out]
-    return out
+    return list(cfg.variants)
 
 
 def _median(xs: list[float]) -> float:
@@ -119,14 +112,19 @@ def summarize(samples: dict[tuple[str, str], list[Sample]], cfg: Config) -> dict
             if v in ("A", "B"):
                 continue
             entry: dict[str, Any] = {"mode": mode, "variant": v}
-            for base in ("A", "B"):
-                if (mode, base) not in samples:
+            for base in ("A", "B", "D"):
+                if (mode, base) not in samples or base == v:
                     continue
                 pairs = list(zip(samples[(mode, v)], samples[(mode, base)], strict=True))
                 entry[f"cpu_{v}/{base}"] = _median([x.cpu_us / y.cpu_us for x, y in pairs])
                 entry[f"wall_{v}/{base}"] = _median([y.rps / x.rps for x, y in pairs])
             target = TARGETS.get(mode)
-            if target is not None and f"cpu_{v}/B" in entry:
+            if v == "DM":
+                # Metrics on against metrics off, the same channel design (issue 15).
+                if f"cpu_{v}/D" in entry:
+                    entry["target_vs_D"] = DM_TARGET
+                    entry["meets_target"] = entry[f"cpu_{v}/D"] <= DM_TARGET
+            elif target is not None and f"cpu_{v}/B" in entry:
                 entry["target_vs_B"] = target
                 entry["meets_target"] = entry[f"cpu_{v}/B"] <= target
             ratios.append(entry)
@@ -146,7 +144,8 @@ def format_tables(summary: dict[str, Any], cfg: Config) -> str:
                    f"{r['p99_us']:8.0f} {r['thread_starts_per_1k']:7.1f}"
                    + (f"  errors={r['errors']}" if r["errors"] else ""))
     out.append("")
-    hdr = f"{'mode':8} {'var':5} {'cpu X/A':>8} {'cpu X/B':>8} {'wall X/B':>9} {'target':>7}  verdict"
+    hdr = (f"{'mode':8} {'var':5} {'cpu X/A':>8} {'cpu X/B':>8} {'wall X/B':>9} {'cpu X/D':>8} {'target':>9}"
+           "  verdict")
     out.append(hdr)
     out.append("-" * len(hdr))
     for e in summary["ratios"]:
@@ -154,9 +153,12 @@ def format_tables(summary: dict[str, Any], cfg: Config) -> str:
         xa = e.get(f"cpu_{v}/A", float("nan"))
         xb = e.get(f"cpu_{v}/B", float("nan"))
         wb = e.get(f"wall_{v}/B", float("nan"))
+        xd = e.get(f"cpu_{v}/D", float("nan"))
         t = e.get("target_vs_B")
-        verdict = "" if t is None else ("ok" if e["meets_target"] else "MISSES")
-        out.append(f"{e['mode']:8} {v:5} {xa:8.3f} {xb:8.3f} {wb:9.3f} {'' if t is None else f'<={t}':>7}  {verdict}")
+        td = e.get("target_vs_D")
+        target = f"X/B<={t}" if t is not None else (f"X/D<={td}" if td is not None else "")
+        verdict = "" if t is None and td is None else ("ok" if e["meets_target"] else "MISSES")
+        out.append(f"{e['mode']:8} {v:5} {xa:8.3f} {xb:8.3f} {wb:9.3f} {xd:8.3f} {target:>9}  {verdict}")
     out.append("")
     for k in dict.fromkeys(v for m in cfg.modes if m not in AIO_MODES for v in _variants_for(cfg, m)):
         out.append(f"  {k}: {LABELS[k]}")
@@ -201,7 +203,8 @@ def run(cfg: Config, log: Any = sys.stderr) -> dict[str, Any]:
                     # that no variant always runs right after another.
                     k = r % len(order)
                     for v in order[k:] + order[:k]:
-                        s = fn(pool[v].mc, cfg.rpcs)
+                        with pool[v].active():
+                            s = fn(pool[v].mc, cfg.rpcs)
                         samples.setdefault((mode, v), []).append(s)
                         line.append(f"{v}={s.cpu_us:.0f}us")
                     print(f"# round {r + 1}/{cfg.rounds} {mode:8} " + " ".join(line), file=log, flush=True)
@@ -216,7 +219,7 @@ def run(cfg: Config, log: Any = sys.stderr) -> dict[str, Any]:
     summary["machine"] = machine()
     summary["config"] = {"backends": cfg.backends, "rounds": cfg.rounds, "rpcs": cfg.rpcs,
                          "modes": list(cfg.modes), "variants": list(cfg.variants),
-                         "designs": list(cfg.designs), "command": " ".join(sys.argv)}
+                         "command": " ".join(sys.argv)}
     summary["seconds"] = round(time.monotonic() - t_start, 1)
     summary["raw"] = {f"{m}/{v}": [{"cpu_us": s.cpu_us, "rps": s.rps, "p50_us": s.pct(50),
                                     "p99_us": s.pct(99), "thread_starts": s.thread_starts, "n": s.n,
@@ -227,114 +230,3 @@ def run(cfg: Config, log: Any = sys.stderr) -> dict[str, Any]:
         with open(cfg.json_path, "w") as f:
             json.dump(summary, f, indent=1, default=str)
     return summary
-
-
-# -- futures designs at several N ------------------------------------------------
-
-K_MAX_BACKENDS = 500  # K keeps a thread (and a server handler thread) per backend
-
-
-class _PeakThreads:
-    """Samples ``threading.active_count()`` every 5 ms while running."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True, name="bench-thread-sampler")
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, threading.active_count())
-
-    def __enter__(self) -> _PeakThreads:
-        self.peak = threading.active_count()
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
-
-
-def run_futures(ns: Sequence[int], designs: Sequence[str], rounds: int, rpcs: int,
-                json_path: str | None = None, log: Any = sys.stderr) -> dict[str, Any]:
-    """B and ``designs`` at each N in ``ns``: ``rounds`` interleaved rounds of ``rpcs`` futures, 32 in flight."""
-    count_thread_starts()
-    t_start = time.monotonic()
-    results: list[dict[str, Any]] = []
-    skipped: list[str] = []
-    for n in ns:
-        t0 = time.monotonic()
-        names = ["B", *dict.fromkeys(d for d in designs if d != "B")]
-        if n > K_MAX_BACKENDS and "K" in names:
-            names.remove("K")
-            skipped.append(f"K at N={n} (a thread per backend)")
-        workers = n + 64 if "K" in names else 64  # K parks one server handler thread per backend
-        with BackendProcess(n, workers=workers) as bp:
-            built: dict[str, Variant] = {}
-            try:
-                for name in names:
-                    before = threading.active_count()
-                    built[name] = build(name, bp.targets, warm_rpcs=max(100, 2 * n))
-                    print(f"# N={n} {name} ready, +{threading.active_count() - before} threads",
-                          file=log, flush=True)
-                per: dict[str, list[dict[str, float]]] = {k: [] for k in names}
-                for r in range(rounds):
-                    k = r % len(names)
-                    for name in names[k:] + names[:k]:
-                        with _PeakThreads() as peak:
-                            s = run_future(built[name].mc, rpcs)
-                        per[name].append({"cpu_us": s.cpu_us, "rps": s.rps, "starts": s.thread_starts,
-                                          "starts_per_1k": s.thread_starts * 1000 / s.n,
-                                          "peak_threads": peak.peak, "p50_us": s.pct(50),
-                                          "p99_us": s.pct(99), "errors": s.errors})
-                    print(f"# N={n} round {r + 1}/{rounds} " + " ".join(
-                        f"{k}={per[k][-1]['cpu_us']:.0f}us/{per[k][-1]['starts']}st" for k in names),
-                        file=log, flush=True)
-            finally:
-                for v in built.values():
-                    v.close()
-        for name in names:
-            rows = per[name]
-            results.append({
-                "backends": n, "design": name,
-                "cpu_us": statistics.median(x["cpu_us"] for x in rows),
-                "cpu_vs_B": statistics.median(x["cpu_us"] / y["cpu_us"] for x, y in zip(rows, per["B"], strict=True)),
-                "rps": statistics.median(x["rps"] for x in rows),
-                "p50_us": statistics.median(x["p50_us"] for x in rows),
-                "p99_us": statistics.median(x["p99_us"] for x in rows),
-                "thread_starts_per_1k": statistics.median(x["starts_per_1k"] for x in rows),
-                "thread_starts_first_round": rows[0]["starts"],
-                "peak_threads": max(x["peak_threads"] for x in rows),
-                "errors": sum(x["errors"] for x in rows),
-                "rpcs_per_round": rpcs, "rounds": rounds,
-            })
-        print(f"# N={n} done in {time.monotonic() - t0:.1f}s", file=log, flush=True)
-    print(format_futures(results, skipped))
-    out = {"futures": results, "skipped": skipped, "machine": machine(),
-           "config": {"backends": list(ns), "designs": list(designs), "rounds": rounds, "rpcs": rpcs,
-                      "command": " ".join(sys.argv)},
-           "seconds": round(time.monotonic() - t_start, 1)}
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
-
-
-def format_futures(results: list[dict[str, Any]], skipped: Sequence[str] = ()) -> str:
-    lines = [f"{'N':>5} {'design':36} {'cpu us/RPC':>10} {'vs B':>6} {'RPC/s':>7} {'p50 us':>7} {'p99 us':>7} "
-             f"{'starts/1k':>9} {'1st round':>9} {'peak thr':>8}"]
-    for r in results:
-        lines.append(f"{r['backends']:5} {DISPLAY.get(r['design'], r['design']):36} {r['cpu_us']:10.1f} "
-                     f"{r['cpu_vs_B']:6.2f} {r['rps']:7.0f} {r['p50_us']:7.0f} {r['p99_us']:7.0f} "
-                     f"{r['thread_starts_per_1k']:9.0f} {r['thread_starts_first_round']:9} {r['peak_threads']:8}"
-                     + (f" errors={r['errors']}" if r["errors"] else ""))
-    rpcs = results[0]["rpcs_per_round"] if results else 0
-    lines.append(f"(futures, window 32, {rpcs} RPCs per round; starts/1k = threading.Thread.start calls per "
-                 "1,000 RPCs, median round; 1st round = starts in the first round; peak thr = "
-                 "threading.active_count() peak, whole process)")
-    if skipped:
-        lines.append("skipped: " + "; ".join(skipped))
-    for k in dict.fromkeys(r["design"] for r in results):
-        lines.append(f"  {k}: {LABELS[k]}")
-    return "\n".join(lines)

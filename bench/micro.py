@@ -36,7 +36,7 @@ from discovery.address import Address, ResolverState
 from discovery.backend import Backend
 from discovery.control import ControlLoop
 from discovery.manager import SubchannelManager
-from discovery.testing import FakeSubConn
+from discovery.testing import FakeClock, FakeHelper, FakeSubConn, update
 
 __all__ = ["run_micro"]
 
@@ -44,7 +44,21 @@ READY = grpc.ChannelConnectivity.READY
 
 
 def _balancer_builders() -> dict[str, Any]:
+    ensure_policies()
     return dict(discovery.registered_balancers())
+
+
+def ensure_policies() -> None:
+    """Register this checkout's built-in policies that the installed entry points lack (an install
+    made before they existed); an installed one wins."""
+    from discovery.balancers.circuit_breaker import CircuitBreakerBuilder
+    from discovery.balancers.least_request import LeastRequestBuilder
+    from discovery.balancers.peak_ewma import PeakEwmaBuilder
+    from discovery.balancers.weighted_round_robin import WeightedRoundRobinBuilder
+
+    for b in (LeastRequestBuilder(), PeakEwmaBuilder(), WeightedRoundRobinBuilder(), CircuitBreakerBuilder()):
+        if not discovery.registry.has_balancer(b.name):
+            discovery.register_balancer(b)
 
 
 class _Timer:
@@ -96,29 +110,126 @@ def _best_per_call(fn: Callable[[], None], loops: int, repeat: int = 5) -> float
     return best
 
 
+# (label, policy, config, weights of the addresses, request metadata): the pick
+# benchmark's cases. Routing policies read a header: a ring_hash key, or a
+# subset (one tenth of the backends: _routed_addresses gives ten versions,
+# three zones).
+PICK_CASES: tuple[tuple[str, str, dict[str, Any], Callable[[int], int], Any], ...] = (
+    ("pick_first", "pick_first", {}, lambda i: 1, None),
+    ("round_robin", "round_robin", {}, lambda i: 1, None),
+    ("round_robin slowStart", "round_robin", {"slowStart": {}}, lambda i: 1, None),
+    ("weighted_round_robin", "weighted_round_robin", {}, lambda i: 1 + i % 4, None),
+    ("least_request", "least_request", {}, lambda i: 1, None),
+    ("peak_ewma", "peak_ewma", {}, lambda i: 1, None),
+    ("circuit_breaker(rr)", "circuit_breaker", {"maxRequestsPerBackend": 100}, lambda i: 1, None),
+    ("outlier_detection(rr)", "outlier_detection", {}, lambda i: 1, None),
+    ("ring_hash", "ring_hash", {"requestHashHeader": "x-user"}, lambda i: 1,
+     (("x-trace", "1"), ("x-user", "user-1234"))),
+    ("subset", "subset", {"header": "x-version", "attribute": "version"}, lambda i: 1,
+     (("x-trace", "1"), ("x-version", "v3"))),
+    ("priority_failover", "priority_failover", {}, lambda i: 1, None),
+    ("zone_aware", "zone_aware", {"localZone": "zone-0"}, lambda i: 1, None),
+)
+
+
+def _routed_addresses(n: int, weight: Callable[[int], int] = lambda i: 1) -> tuple[Address, ...]:
+    """:func:`_addresses` with the data routing policies read: a version attribute and a zone."""
+    return tuple(Address(a.host, a.port, weight(i), zone=f"zone-{i % 3}", attributes={"version": f"v{i % 10}"})
+                 for i, a in enumerate(_addresses(n)))
+
+
 def bench_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
+    """Per case and size: one pick plus its ``done`` (what an RPC costs the policy), best of 5.
+
+    Weighted round robin gets addresses of weights 1..4, so its EDF scheduler
+    is measured (equal weights make it plain rotation). Slow start is
+    measured while one backend (added after the first picker) ramps.
+    """
+    from discovery.balancer import DoneInfo
+
+    builders = _balancer_builders()
+    ok = DoneInfo(grpc.StatusCode.OK, 0.001)
     out = []
-    for name, builder in sorted(_balancer_builders().items()):
+    for label, name, config, weight, metadata in PICK_CASES:
+        builder = builders.get(name)
+        if builder is None:
+            continue
         for n in sizes:
-            subs = [FakeSubConn(a, state=READY) for a in _addresses(n)]
-            helper = _Capture()
+            subs = [FakeSubConn(a, state=READY) for a in _routed_addresses(n, weight)]
+            helper = FakeHelper(FakeClock())
             try:
-                cfg = builder.parse_config({}, key_path="loadBalancingConfig[0]")
+                cfg = builder.parse_config(config, key_path="loadBalancingConfig[0]")
                 bal = builder.build(helper, cfg)
-                bal.update(subs)
+                if "slowStart" in config:
+                    update(bal, subs[:-1])
+                update(bal, subs)
             except Exception as exc:
-                out.append({"balancer": name, "backends": n, "error": f"{type(exc).__name__}: {exc}"})
+                out.append({"balancer": label, "backends": n, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             picker = helper.picker
             pick = picker.pick
             method = "/bench.Bench/Echo"
-            got = pick(method, None)
+            got = pick(method, metadata)
+            if got is not None and got.done is not None:
+                got.done(ok)
+
+            def one(pick: Any = pick, method: str = method, md: Any = metadata) -> None:
+                r = pick(method, md)
+                d = r.done
+                if d is not None:
+                    d(ok)
+
             empty = _best_per_call(lambda: None, loops)
-            per = _best_per_call(lambda pick=pick, method=method: pick(method, None), loops)
-            out.append({"balancer": name, "backends": n, "pick_us": per * 1e6,
+            per = _best_per_call(one, loops)
+            out.append({"balancer": label, "backends": n, "pick_us": per * 1e6,
                         "pick_us_net": max(0.0, per - empty) * 1e6, "picked": got is not None,
-                        "goal_us": 1.0, "ok": per * 1e6 <= 1.0})
+                        "picker": type(picker).__name__, "goal_us": 1.0, "ok": per * 1e6 <= 1.0})
     return out
+
+
+def bench_spread_pick(sizes: Sequence[int], loops: int) -> list[dict[str, Any]]:
+    """zone_aware spreading RPCs over three zones (below minClusterSize): the weighted
+    choice between groups that priority_failover and zone_aware make while they spill."""
+    builder = _balancer_builders().get("zone_aware")
+    if builder is None:
+        return []
+    out = []
+    for n in sizes:
+        helper = _Capture()
+        bal = builder.build(helper, builder.parse_config({"localZone": "zone-0", "minClusterSize": n + 1},
+                                                         key_path="lb"))
+        update(bal, [FakeSubConn(a, state=READY) for a in _routed_addresses(n)])
+        pick = helper.picker.pick
+        empty = _best_per_call(lambda: None, loops)
+        per = _best_per_call(lambda pick=pick: pick("/bench.Bench/Echo", None), loops)
+        out.append({"balancer": "zone_aware spread", "backends": n, "pick_us": per * 1e6,
+                    "pick_us_net": max(0.0, per - empty) * 1e6, "picked": True, "goal_us": 1.0, "ok": per * 1e6 <= 1.0})
+    return out
+
+
+def bench_ring(n: int, repeat: int = 3) -> dict[str, Any]:
+    """ring_hash at ``n`` backends: building the ring (gRPC's default sizes, and one
+    large enough for ten entries per backend) and a whole address-set update."""
+    from discovery.balancers.ring_hash import build_ring
+
+    addrs = _addresses(n)
+    keys = [a.addr for a in addrs]
+    weights = [1] * n
+    default = min(_timed(lambda: build_ring(keys, weights, 1024, 4096))[0] for _ in range(repeat))
+    entries = len(build_ring(keys, weights, 1024, 4096)[0])
+    big = 10 * n
+    large = min(_timed(lambda: build_ring(keys, weights, big, big))[0] for _ in range(repeat))
+    builder = _balancer_builders().get("ring_hash")
+    update_ms = None
+    if builder is not None:
+        subs = [FakeSubConn(a, state=READY) for a in addrs]
+        times = []
+        for _ in range(repeat):
+            bal = builder.build(_Capture(), builder.parse_config({"requestHashHeader": "x-user"}, key_path="lb"))
+            times.append(_timed(lambda bal=bal: update(bal, subs))[0])
+        update_ms = min(times) * 1e3
+    return {"backends": n, "ring_default_ms": default * 1e3, "ring_default_entries": entries,
+            "ring_large_ms": large * 1e3, "ring_large_entries": big, "update_ms": update_ms}
 
 
 # -- reconcile -------------------------------------------------------------
@@ -143,12 +254,16 @@ class FakeGrpcChannel:
         self.closed = True
 
 
-def _fake_make_channel(a: Address) -> Any:
-    return FakeGrpcChannel()
+def _fake_make_channel(a: Address) -> Backend:
+    return Backend(a, FakeGrpcChannel())  # type: ignore[arg-type]
 
 
-def _real_make_channel(a: Address) -> grpc.Channel:
+def _real_grpc_channel(a: Address) -> grpc.Channel:
     return grpc.insecure_channel(a.addr, [("grpc.use_local_subchannel_pool", 1)])
+
+
+def _real_make_channel(a: Address) -> Backend:
+    return Backend(a, _real_grpc_channel(a))
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -163,7 +278,7 @@ def bench_reconcile(n: int, churn: float, real: bool, repeat: int = 5) -> dict[s
     try:
         mgr = SubchannelManager(loop, make, drain_grace=0.0)
         base = _addresses(n)
-        t_create, changed = _timed(lambda: mgr.update(ResolverState(base)))
+        t_create, (changed, _) = _timed(lambda: mgr.update(ResolverState(base)))
         assert changed
         first = {b.addr: b for b in mgr.backends}
         # Identical: a new ResolverState of new (equal) Address objects.
@@ -172,7 +287,7 @@ def bench_reconcile(n: int, churn: float, real: bool, repeat: int = 5) -> dict[s
             t = time.perf_counter()
             st = ResolverState(tuple(Address(a.host, a.port, a.weight) for a in base))
             plain_build.append(time.perf_counter() - t)
-            dt, changed = _timed(lambda st=st: mgr.update(st))
+            dt, (changed, _) = _timed(lambda st=st: mgr.update(st))
             assert not changed, "an identical state changed the backend set"
             same_times.append(dt)
         # Churn: drop the first k, add k new ones.
@@ -180,7 +295,8 @@ def bench_reconcile(n: int, churn: float, real: bool, repeat: int = 5) -> dict[s
         extra = tuple(Address(f"127.200.{i // 256}.{i % 256 + 1}", 20000 + i) for i in range(k))
         churned = base[k:] + extra
         st = ResolverState(tuple(Address(a.host, a.port, a.weight) for a in churned))
-        t_churn, changed = _timed(lambda: mgr.update(st))
+        t_churn, (changed, removed) = _timed(lambda: mgr.update(st))
+        mgr.drain(removed)
         assert changed
         now = {b.addr: b for b in mgr.backends}
         kept = [a.addr for a in base[k:]]
@@ -216,6 +332,9 @@ class _NoopCall:
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.OK
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         fn(self)
@@ -253,6 +372,18 @@ class _NoopAioCall:
     def __await__(self) -> Any:
         return self._response
         yield  # a generator, as grpc.aio's __await__ is
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def cancelled(self) -> bool:
+        return False
+
+    async def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.OK
+
+    async def trailing_metadata(self) -> tuple[()]:
+        return ()
 
 
 class _NoopAioMC:
@@ -383,20 +514,11 @@ def _futures_cpu(mc: Any, req: Any, total: int, batch: int = 32) -> tuple[float,
 
 
 def _future_costs(mc: Any, req: Any, n: int, loops: int) -> dict[str, float]:
-    """``.future()`` + done-callback on no-op backends: integrated (aio loop) and the pre-integration path."""
-    from .futures_design import OldFutureUnaryUnary
-
+    """``.future()`` + done-callback on no-op backends (the shared aio loop's path)."""
     for _ in range(2 * n):
         mc.future(req, 30.0).result(10)  # make every backend's (no-op) aio twin
     cpu, caller = _futures_cpu(mc, req, loops)
-    out = {"future_cpu_us": cpu * 1e6, "future_caller_us": caller * 1e6}
-    cls = mc.__class__
-    mc.__class__ = OldFutureUnaryUnary
-    try:
-        out["future_old_cpu_us"] = _futures_cpu(mc, req, loops)[0] * 1e6
-    finally:
-        mc.__class__ = cls
-    return out
+    return {"future_cpu_us": cpu * 1e6, "future_caller_us": caller * 1e6}
 
 
 # -- memory ----------------------------------------------------------------
@@ -413,7 +535,7 @@ def bench_memory_idle(n: int) -> dict[str, Any]:
     """Per idle backend: Backend + real grpc channel, never connected."""
     loop = ControlLoop("bench-mem")
     try:
-        warm = _real_make_channel(Address("127.255.0.1", 1))  # grpc core's one-time init
+        warm = _real_grpc_channel(Address("127.255.0.1", 1))  # grpc core's one-time init
         warm.close()
         gc.collect()
         mgr = SubchannelManager(loop, _real_make_channel, drain_grace=0.0)
@@ -517,15 +639,20 @@ def _in_child(fn: str, *args: Any) -> dict[str, Any]:
 
 def run_micro(*, quick: bool = False, sizes: Sequence[int] = (10, 1000, 10000),
               reconcile_n: int = 10000, mem_idle: int = 1000, mem_connected: int = 1000,
-              out: Any = sys.stdout) -> dict[str, Any]:
-    """Run every micro-benchmark, print a table, return the numbers."""
+              out: Any = sys.stdout, only: str | None = None) -> dict[str, Any]:
+    """Run every micro-benchmark (``only="pick"``: pick costs and ring_hash's ring), print a table,
+    return the numbers."""
     from .procs import BackendProcess
 
     loops = 20000 if quick else 200000
     if quick:
         sizes, reconcile_n, mem_idle, mem_connected = (10, 1000), 1000, 100, 10
     res: dict[str, Any] = {}
-    res["pick"] = bench_pick(sizes, loops)
+    res["pick"] = bench_pick(sizes, loops) + bench_spread_pick(sizes, loops)
+    res["ring"] = bench_ring(sizes[-1])
+    if only == "pick":
+        print(format_pick(res), file=out)
+        return res
     res["reconcile"] = [bench_reconcile(reconcile_n, 0.01, real=False),
                         bench_reconcile(reconcile_n, 0.01, real=True)]
     res["hotpath"] = [bench_hotpath(n, loops // 4) for n in (10, 1000)]
@@ -537,15 +664,25 @@ def run_micro(*, quick: bool = False, sizes: Sequence[int] = (10, 1000, 10000),
     return res
 
 
-def format_micro(res: dict[str, Any]) -> str:
-    lines = ["pick cost (goal <= 1 us/pick)",
-             f"  {'balancer':22} {'backends':>8} {'us/pick':>8} {'net us':>7}  verdict"]
+def format_pick(res: dict[str, Any]) -> str:
+    lines = ["pick cost: one pick and its done (goal <= 1 us/pick)",
+             f"  {'balancer':22} {'backends':>8} {'us/pick':>8} {'net us':>7}  {'picker':18} verdict"]
     for r in res["pick"]:
         if "error" in r:
             lines.append(f"  {r['balancer']:22} {r['backends']:8}  error: {r['error']}")
             continue
         lines.append(f"  {r['balancer']:22} {r['backends']:8} {r['pick_us']:8.3f} {r['pick_us_net']:7.3f}  "
-                     f"{'ok' if r['ok'] else 'MISSES'}")
+                     f"{r.get('picker', ''):18} {'ok' if r['ok'] else 'MISSES'}")
+    r = res.get("ring")
+    if r and r["update_ms"] is not None:
+        lines.append(f"  ring_hash at {r['backends']} backends: ring build {r['ring_default_ms']:.1f} ms "
+                     f"({r['ring_default_entries']} entries, default sizes), {r['ring_large_ms']:.1f} ms "
+                     f"({r['ring_large_entries']} entries); whole address-set update {r['update_ms']:.1f} ms")
+    return "\n".join(lines)
+
+
+def format_micro(res: dict[str, Any]) -> str:
+    lines = [format_pick(res)]
     lines.append("")
     lines.append("reconcile, SubchannelManager (goals: identical <= 1 ms, 1 % churn <= 50 ms)")
     for r in res["reconcile"]:
@@ -569,9 +706,8 @@ def format_micro(res: dict[str, Any]) -> str:
             f"parts: pick {r['pick_us']:.2f}, callables.get {r['callables_get_tuple_key_us']:.3f}, "
             f"begin+end {r['begin_end_us']:.2f}")
         lines.append(
-            f"    future+callback, process CPU (caller + loop thread): {r['future_cpu_us']:.2f} us integrated "
-            f"(calling thread {r['future_caller_us']:.2f}, loop thread the rest); pre-integration path "
-            f"{r['future_old_cpu_us']:.2f}")
+            f"    future+callback, process CPU (caller + loop thread): {r['future_cpu_us']:.2f} us "
+            f"(calling thread {r['future_caller_us']:.2f}, loop thread the rest)")
     lines.append("")
     m = res["memory_idle"]
     lines.append(f"memory per idle backend ({m['backends']} real channels, not connected): "

@@ -21,10 +21,12 @@ __all__ = ["BackendProcess"]
 class BackendProcess:
     """``with BackendProcess(n) as bp: bp.ports`` — n loopback ports in a child process."""
 
-    def __init__(self, ports: int, workers: int = 64, timeout: float = 60.0) -> None:
+    def __init__(self, ports: int, workers: int = 64, timeout: float = 60.0, *, module: str = "bench.server",
+                 args: list[str] | None = None) -> None:
         self.n = ports
+        extra = ["--ports", str(ports), "--workers", str(workers)] if args is None else args
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.server", "--ports", str(ports), "--workers", str(workers)],
+            [sys.executable, "-m", module, *extra],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -1,6 +1,6 @@
-"""Render bench/RESULTS.md from the JSON files of ``run``, ``futures`` and ``micro``.
+"""Render bench/RESULTS.md from the JSON files of ``run`` and ``micro``.
 
-``python -m bench report --run N10.json --run N100.json --futures F.json --micro M.json
+``python -m bench report --run N10.json --run N100.json --micro M.json
 --notes findings.md -o bench/RESULTS.md``. Commands are taken from the JSON (each records its own).
 Several ``--run`` files at the same N (say the sync modes' run and the aio
 mode's run) are tabled together in that N's section.
@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from .modes import AIO_MODES
-from .variants import AIO_LABELS, AIO_NOTE, DISPLAY, LABELS
+from .variants import AIO_LABELS, AIO_NOTE, LABELS
 
 __all__ = ["render"]
 
@@ -82,37 +82,9 @@ def render_run(run: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def render_futures(fut: dict[str, Any]) -> list[str]:
-    rows = fut["futures"]
-    c = fut.get("config", {})
-    out = ["## Future designs by backend count", "",
-           f"Command: `{_cmd(fut)}` ({fut.get('seconds', '?')} s)", "",
-           "| N | design | CPU us/RPC | CPU vs B | RPC/s | p50 us | p99 us | thread starts /1k RPCs "
-           "| starts in 1st round | peak threads |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        out.append(f"| {r['backends']} | {DISPLAY.get(r['design'], r['design'])} | {_f(r['cpu_us'])} | "
-                   f"{_f(r['cpu_vs_B'], 2)} | {_f(r['rps'], 0)} | {_f(r['p50_us'], 0)} | {_f(r['p99_us'], 0)} | "
-                   f"{_f(r['thread_starts_per_1k'], 0)} | {r['thread_starts_first_round']} | {r['peak_threads']} |"
-                   + (f" errors: {r['errors']}" if r.get("errors") else ""))
-    if rows:
-        out.append(f"\n{rows[0]['rpcs_per_round']} futures per round, 32 in flight, {c.get('rounds', '?')} "
-                   "interleaved rounds (order rotated each round). Thread starts: median round, after warm-up. "
-                   "Peak threads is the whole process (all designs' channels are open at once, so K's thread "
-                   "per backend shows in every row of its N).")
-    if fut.get("skipped"):
-        out.append("Skipped: " + "; ".join(fut["skipped"]) + ".")
-    out.append("")
-    for k in dict.fromkeys(r["design"] for r in rows):
-        out.append(f"- **{k}**: {LABELS.get(k, k)}")
-    out.append("")
-    return out
-
-
-def render(runs: list[dict[str, Any]], futures: list[dict[str, Any]], micro: dict[str, Any] | None,
-           notes: str | None = None) -> str:
+def render(runs: list[dict[str, Any]], micro: dict[str, Any] | None, notes: str | None = None) -> str:
     out: list[str] = ["# Benchmark results (issue 5)", ""]
-    docs = [*runs, *futures]
+    docs = list(runs)
     m = docs[0].get("machine") if docs else None
     if m is None:
         from .harness import machine
@@ -128,8 +100,6 @@ def render(runs: list[dict[str, Any]], futures: list[dict[str, Any]], micro: dic
         by_n.setdefault(run["config"]["backends"], []).append(run)
     for group in by_n.values():
         out += render_run(group)
-    for fut in futures:
-        out += render_futures(fut)
     if micro:
         from .micro import format_micro
 
@@ -149,7 +119,7 @@ def main(args: Any) -> int:
     if args.notes:
         with open(args.notes) as f:
             notes = f.read()
-    text = render([load(p) for p in args.run], [load(p) for p in args.futures],
+    text = render([load(p) for p in args.run],
                   load(args.micro) if args.micro else None, notes)
     if args.out:
         with open(args.out, "w") as f:

@@ -1,4 +1,4 @@
-"""The channels compared: A (floor), B (grpcio round_robin), D (discovery) and the future designs.
+"""The channels compared: A (floor), B (grpcio round_robin), D (discovery).
 
 Every variant talks to the same backend process. Each is warmed up before
 measuring: its connections are made and its first RPCs done.
@@ -10,8 +10,9 @@ measuring: its connections are made and its first RPCs done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,29 +22,45 @@ import grpc.aio
 import discovery
 import discovery.aio
 
-from .futures_design import DESIGNS, apply_design, future_is
 from .modes import AioTarget
 from .server import ECHO
 
-__all__ = ["AIO_LABELS", "AIO_NOTE", "LABELS", "Variant", "build", "build_aio"]
+__all__ = ["AIO_LABELS", "AIO_NOTE", "LABELS", "POLICY_VARIANTS", "Variant", "build", "build_aio"]
 
 LABELS = {
     "A": "grpc.insecure_channel, 1 backend (floor)",
     "B": "grpcio native round_robin, N backends",
-    "D": "discovery round_robin, N backends; futures: integrated, one shared grpc.aio loop",
-    "D-old": "D with the pre-integration future: grpc's sync .future() on the backend channel",
-    "S": "D-old + spin loops on pooled threads (grpc internals)",
-    "P": "D + future as blocking with_call on a shared thread pool (public API only)",
-    "K": "D-old + keep-alive stream per backend (thread per backend)",
+    "D": "discovery round_robin, N backends; futures on one shared grpc.aio loop",
+    "DM": "D with Prometheus metrics on (discovery.metrics, observer installed only while DM is measured)",
 }
+
+# discovery channels with another policy, built like D (the futures design is D's).
+POLICY_VARIANTS: dict[str, dict[str, Any]] = {
+    "LR": {"loadBalancingConfig": [{"least_request": {}}]},
+    "PE": {"loadBalancingConfig": [{"peak_ewma": {}}]},
+    "WRR": {"loadBalancingConfig": [{"weighted_round_robin": {}}]},
+    "CB": {"loadBalancingConfig": [{"circuit_breaker": {"maxRequestsPerBackend": 1000}}]},
+    "OD": {"loadBalancingConfig": [{"outlier_detection": {}}]},
+}
+LABELS.update({
+    "LR": "discovery least_request, N backends",
+    "PE": "discovery peak_ewma, N backends",
+    "WRR": "discovery weighted_round_robin (registry weights 1..4: EDF), N backends",
+    "CB": "discovery circuit_breaker over round_robin, N backends",
+    "OD": "discovery outlier_detection over round_robin, N backends",
+})
 
 # The same letters in the aio mode.
 AIO_LABELS = {
     "A": "grpc.aio.insecure_channel, 1 backend",
     "B": "grpc.aio.insecure_channel, grpcio native round_robin over N backends (ipv4: target)",
-    "D": "discovery.aio.insecure_channel, round_robin over N backends (static: target; a grpc.aio twin per "
-         "backend on the mode's loop)",
+    "D": "discovery.aio.insecure_channel, round_robin over N backends (static: target; one grpc.aio channel "
+         "per backend, on the mode's loop)",
+    "DM": "D (aio) with Prometheus metrics on (only while DM is measured)",
 }
+
+AIO_LABELS.update({k: "discovery.aio.insecure_channel, " + v.removeprefix("discovery ")
+                   for k, v in LABELS.items() if k in POLICY_VARIANTS})
 
 AIO_NOTE = (
     "aio: one asyncio loop on the main thread; 32 tasks, each awaiting one unary call after the other (the "
@@ -52,9 +69,6 @@ AIO_NOTE = (
     "sync D variant warms up with futures); that thread, a second grpc.aio loop, wakes for every grpc.aio "
     "completion batch and adds ~20 us/RPC to every aio variant: run `--modes aio` alone for clean aio numbers."
 )
-
-# How the futures tables name the designs.
-DISPLAY = {"D": "D (integrated: shared grpc.aio loop)", "D-old": "D-old (grpc sync .future())"}
 
 RR = {"loadBalancingConfig": [{"round_robin": {}}]}
 
@@ -66,6 +80,8 @@ class Variant:
     mc: Any
     undo: Callable[[], None] = field(default=lambda: None)
     loop: asyncio.AbstractEventLoop | None = None  # a grpc.aio channel's loop (aio variants)
+    # What the harness runs around each measured loop of this variant (DM: metrics on).
+    active: Callable[[], contextlib.AbstractContextManager[Any]] = field(default=contextlib.nullcontext)
 
     def close(self) -> None:
         try:
@@ -88,6 +104,11 @@ def _wait_discovery_ready(ch: discovery.Channel, n: int, timeout: float = 60.0) 
     raise TimeoutError(f"discovery channel not READY on all {n} backends after {timeout}s: {states}")
 
 
+def _weights(name: str, n: int) -> dict[str, Any] | None:
+    # Unequal registry weights, so weighted_round_robin runs its EDF scheduler.
+    return {"weights": [1 + i % 4 for i in range(n)]} if name == "WRR" else None
+
+
 def _warm(mc: Any, n: int, futures: int = 64) -> None:
     for _ in range(n):
         mc(b"w", 30.0, wait_for_ready=True)
@@ -95,6 +116,32 @@ def _warm(mc: Any, n: int, futures: int = 64) -> None:
         futs = [mc.future(b"w", 30.0) for _ in range(min(64, futures - start))]
         for f in futs:
             f.result()
+
+
+def _metrics_on() -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """A context manager factory that turns Prometheus metrics on (process-wide) while it is entered.
+
+    One :class:`~discovery.metrics.PrometheusMetrics` for the whole run, so its
+    per-label children are made once, as in a long-running client; only the
+    observer is added and removed around each measured loop.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from discovery import observe
+    from discovery.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics(CollectorRegistry())
+    metrics.register()
+
+    @contextlib.contextmanager
+    def on() -> Iterator[None]:
+        observe.add_observer(metrics)
+        try:
+            yield
+        finally:
+            observe.remove_observer(metrics)
+
+    return on
 
 
 def build(name: str, targets: list[str], warm_rpcs: int | None = None) -> Variant:
@@ -120,16 +167,30 @@ def build(name: str, targets: list[str], warm_rpcs: int | None = None) -> Varian
         time.sleep(min(2.0, 0.2 + n / 500))
         _warm(mc, warm)
         return Variant(name, ch, mc)
-    if name in DESIGNS:
+    if name == "DM":
+        v = build("D", targets, warm_rpcs)
+        v.name, v.active = "DM", _metrics_on()
+        with v.active():
+            _warm(v.mc, warm)  # the metrics' label children exist before measuring
+        return v
+    if name in POLICY_VARIANTS:
+        from .micro import ensure_policies
+
+        ensure_policies()
+        ch = discovery.insecure_channel("static:///" + ",".join(targets), service_config=POLICY_VARIANTS[name],
+                                        resolver_config=_weights(name, n))
+        _wait_discovery_ready(ch, n)
+        mc = ch.unary_unary(ECHO)
+        _warm(mc, warm, futures=max(64, 2 * n))
+        return Variant(name, ch, mc)
+    if name == "D":
         ch = discovery.insecure_channel("static:///" + ",".join(targets), service_config=RR)
         _wait_discovery_ready(ch, n)
         mc = ch.unary_unary(ECHO)
         _warm(mc, warm)  # builds every backend's cached grpc multicallable too
-        undo = apply_design(name, ch, mc)
-        assert future_is(mc, name), f"design {name} not applied"
         # Futures on every backend: D opens each backend's aio twin here.
         _warm(mc, min(warm, 200), futures=max(64, 2 * n))
-        return Variant(name, ch, mc, undo)
+        return Variant(name, ch, mc)
     raise ValueError(f"unknown variant {name!r}; expected one of {sorted(LABELS)}")
 
 
@@ -173,8 +234,13 @@ async def _build_aio(name: str, targets: list[str], warm: int) -> tuple[Any, Any
         await asyncio.sleep(min(2.0, 0.2 + n / 500))  # every subchannel READY, as in build()
         await _warm_aio(mc, warm)
         return ch, mc
-    if name == "D":
-        dch = discovery.aio.insecure_channel("static:///" + ",".join(targets), service_config=RR)
+    if name in ("D", "DM") or name in POLICY_VARIANTS:
+        from .micro import ensure_policies
+
+        ensure_policies()
+        dch = discovery.aio.insecure_channel("static:///" + ",".join(targets),
+                                             service_config=POLICY_VARIANTS.get(name, RR),
+                                             resolver_config=_weights(name, n))
         await _wait_discovery_aio_ready(dch, n)
         mc = dch.unary_unary(ECHO)
         # Round robin over >= 3N sequential calls: every backend makes (and
@@ -189,4 +255,9 @@ def build_aio(name: str, targets: list[str], loop: asyncio.AbstractEventLoop,
     """Open, connect and warm up the grpc.aio variant ``name`` on ``loop`` (run here, on this thread)."""
     warm = warm_rpcs if warm_rpcs is not None else max(100, 3 * len(targets))
     ch, mc = loop.run_until_complete(_build_aio(name, targets, warm))
-    return Variant(name, ch, AioTarget(loop, mc), loop=loop)
+    v = Variant(name, ch, AioTarget(loop, mc), loop=loop)
+    if name == "DM":
+        v.active = _metrics_on()
+        with v.active():
+            loop.run_until_complete(_warm_aio(mc, warm))
+    return v

@@ -8,18 +8,21 @@ kept per backend, and each RPC goes to a backend the balancer picks.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
+from . import observe
+from ._grpc_compat import plain_aio_channel, plain_channel
 from .address import Address, Attributes, ResolverState
 from .backend import BackendSnapshot
 from .balancer import Balancer, BalancerBuilder, BalancerHelper, Picker, SubConn
-from .channel import Channel, ChannelSettings, build_channel
-from .config import ServiceConfig, load_config_file, parse_service_config
+from .channel import Channel, build_channel
+from .config import ServiceConfig, load_config, parse_service_config, resolve_service_config
 from .errors import (
     ConfigError,
     DiscoveryError,
@@ -29,6 +32,7 @@ from .errors import (
     UnknownPolicyError,
     UnknownSchemeError,
 )
+from .options import check_options
 from .registry import (
     get_balancer,
     get_resolver,
@@ -41,7 +45,8 @@ from .registry import (
     unregister_resolver,
 )
 from .resolver import Resolver, ResolverBuilder, ResolverListener, ResolverOptions
-from .target import Target, parse_target
+from .settings import ChannelSettings
+from .target import Target, parse_target, redact_target
 
 __all__ = [
     "Address",
@@ -88,8 +93,9 @@ __version__ = "0.1.0"
 ChannelOptions = Sequence[tuple[str, Any]] | None
 
 
-# Kept for callers of the old private name.
-_resolve_target = resolve_target
+def _resolve_target(target: str) -> Target:
+    """Parse ``target``; a bare ``host:port`` gets gRPC's default scheme, ``dns``."""
+    return resolve_target(target)
 
 
 def _open(
@@ -104,47 +110,81 @@ def _open(
     aio: bool = False,
 ) -> Any:
     # Validate everything before anything starts: a bad argument must not
-    # leave a half-built channel or a running resolver behind.
-    sc = service_config if isinstance(service_config, ServiceConfig) else parse_service_config(service_config)
+    # leave a half-built channel or a running resolver behind, nor reach a
+    # thread where it could only fail silently.
     t = resolve_target(target)
+    checked = check_options(options)
+    if compression is not None and not isinstance(compression, grpc.Compression):
+        raise ConfigError(f"expected a grpc.Compression (e.g. grpc.Compression.Gzip) or None, got "
+                          f"{type(compression).__name__} {compression!r}", key_path="compression")
+    if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
+        raise ConfigError(f"expected grpc.ChannelCredentials, got {type(credentials).__name__}",
+                          key_path="credentials")
+    if settings is not None and not isinstance(settings, ChannelSettings):
+        raise ConfigError(f"expected a discovery.ChannelSettings, got {type(settings).__name__} {settings!r}",
+                          key_path="settings")
+    if resolver_config is not None and not isinstance(resolver_config, Mapping):
+        raise ConfigError(f"expected a mapping of resolver options, got {type(resolver_config).__name__} "
+                          f"{resolver_config!r}", key_path="resolver_config")
+    bad_keys = [k for k in (resolver_config or {}) if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"option names must be strings, got {bad_keys[0]!r}", key_path="resolver_config")
+    sc = resolve_service_config(service_config, checked)
     resolver_builder = get_resolver(t.scheme)
     balancer_builder = get_balancer(sc.policy)
     settings = settings or ChannelSettings()
-    user_opts = list(options or ())
+    opts = ResolverOptions(config=dict(resolver_config or {}), clock=settings.clock)
+    _guard(lambda: resolver_builder.check(t, opts), f"resolver {t.scheme!r}")
+    user_opts = checked.for_backends()
     names = {k for k, _ in user_opts}
-    backend_opts: list[tuple[str, Any]] = [*user_opts, ("grpc.use_local_subchannel_pool", 1)]
+    # grpc takes the first of two equal keys, so the ones the channel relies
+    # on come first (check_options refuses user values for them).
+    backend_opts: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
+    if sc.backend_json:
+        backend_opts.append(("grpc.service_config", sc.backend_json))
+    backend_opts += user_opts
     authority = resolver_builder.default_authority(t)
     if authority and "grpc.default_authority" not in names:
         backend_opts.append(("grpc.default_authority", authority))
-    if sc.backend_json and "grpc.service_config" not in names:
-        backend_opts.append(("grpc.service_config", sc.backend_json))
 
+    # grpc's own channels even when an instrumentation patched grpc.insecure_channel
+    # (see discovery._grpc_compat): interceptors belong on the discovery channel.
     def make_channel(address: Address) -> grpc.Channel:
-        if credentials is None:
-            return grpc.insecure_channel(address.addr, backend_opts, compression)
-        return grpc.secure_channel(address.addr, credentials, backend_opts, compression)
+        return plain_channel(address.addr, backend_opts, compression, credentials)
 
     def make_aio_channel(address: Address) -> grpc.aio.Channel:
         # The twin that serves .future() calls: same arguments, same credentials.
-        if credentials is None:
-            return grpc.aio.insecure_channel(address.addr, backend_opts, compression)
-        return grpc.aio.secure_channel(address.addr, credentials, backend_opts, compression)
+        return plain_aio_channel(address.addr, backend_opts, compression, credentials)
 
-    opts = ResolverOptions(config=dict(resolver_config or {}), clock=settings.clock)
     build: Any = build_channel
     if aio:
         from .aio import build_aio_channel
 
         build = build_aio_channel
     return build(
-        target=target,
-        resolver_factory=lambda core: resolver_builder.build(t, core, opts),
+        # Userinfo in the target may be a secret: the channel's repr, thread
+        # name and log lines show it redacted.
+        target=redact_target(target),
+        resolver_factory=lambda core: _guard(lambda: resolver_builder.build(t, core, opts), f"resolver {t.scheme!r}"),
         balancer_factory=lambda core: balancer_builder.build(core, sc.policy_config),
         make_channel=make_channel,
         settings=settings,
         service_config=sc,
         make_aio_channel=make_aio_channel,
     )
+
+
+_T = TypeVar("_T")
+
+
+def _guard(fn: Callable[[], _T], what: str) -> _T:
+    """Run a plugin's check or build; anything but a DiscoveryError is its bug, reported as a ConfigError."""
+    try:
+        return fn()
+    except DiscoveryError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{what} failed on its options: {type(exc).__name__}: {exc}") from exc
 
 
 def insecure_channel(
@@ -204,16 +244,29 @@ def channel_from_config(
 
 def _from_config(service: str, path: str | os.PathLike[str] | None, settings: ChannelSettings | None, *,
                  aio: bool) -> Any:
-    entries = load_config_file(path)
+    if not isinstance(service, str):
+        raise ConfigError(f"expected a service name (a string), got {type(service).__name__} {service!r}",
+                          key_path="service")
+    loaded = load_config(path)
+    entries = loaded.services
     if service not in entries:
         raise ConfigError(f"no service {service!r}; the file defines {sorted(entries)}",
                           source=str(path or os.environ.get("DISCOVERY_CONFIG") or "discovery.toml"),
                           key_path="services")
     e = entries[service]
+    # [observability] is process-wide (metrics, tracing): on before the channel starts.
+    observe.apply_observability(loaded.observability)
     if e.drain_grace is not None:
-        base = settings or ChannelSettings()
-        settings = ChannelSettings(fast_poll=base.fast_poll, slow_poll=base.slow_poll,
-                                   drain_grace=e.drain_grace, clock=base.clock)
+        if settings is not None and not isinstance(settings, ChannelSettings):
+            raise ConfigError(f"expected a discovery.ChannelSettings, got {type(settings).__name__}",
+                              key_path="settings")
+        settings = dataclasses.replace(settings or ChannelSettings(), drain_grace=e.drain_grace)
+    if e.connections_per_backend is not None:
+        if settings is not None and not isinstance(settings, ChannelSettings):
+            raise ConfigError(f"expected a discovery.ChannelSettings, got {type(settings).__name__}",
+                              key_path="settings")
+        settings = dataclasses.replace(settings or ChannelSettings(),
+                                       connections_per_backend=e.connections_per_backend)
     options: list[tuple[str, Any]] = list(e.options)
     if e.tls is None:
         return _open(e.target, None, options, None, e.service_config, e.resolver, settings, aio=aio)
@@ -221,8 +274,11 @@ def _from_config(service: str, path: str | os.PathLike[str] | None, settings: Ch
     def read(p: str | None) -> bytes | None:
         if p is None:
             return None
-        with open(p, "rb") as f:
-            return f.read()
+        try:
+            with open(p, "rb") as f:
+                return f.read()
+        except OSError as exc:  # checked when the file was loaded, but it may have gone since
+            raise ConfigError(f"cannot read {p!r}: {exc}", key_path=f"services.{service}.tls") from exc
 
     creds = grpc.ssl_channel_credentials(read(e.tls.ca_file), read(e.tls.key_file), read(e.tls.cert_file))
     if e.tls.server_name:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import os
 import threading
@@ -509,5 +510,8 @@ def future_on_loop(loop: FutureLoop, make: Callable[[], Any], timeout: float | N
     ``requests`` is the call's request iterator as :func:`requests_off_loop` made it.
     """
     fut = BridgedFuture(loop, timeout, requests if isinstance(requests, _RequestsOffLoop) else None)
-    loop.submit(fut._run, make)
+    # The call runs in a copy of the caller's contextvars context, as an
+    # asyncio task would: what the caller's thread had current (a tracing
+    # span, see discovery.otel) is current for the call's attempts too.
+    loop.submit(contextvars.copy_context().run, fut._run, make)
     return fut

@@ -10,13 +10,16 @@ same core call ``subscribe``'s poller uses. If a future grpcio moves it,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
-from grpc import _common
+from grpc import _channel, _common
+from grpc.aio import _channel as _aio_channel
 
-__all__ = ["AIO_WRITE_RACE_DETAILS", "aio_state_reader", "aio_status_now", "state_reader"]
+__all__ = ["AIO_WRITE_RACE_DETAILS", "aio_state_reader", "aio_status_now", "plain_aio_channel", "plain_channel",
+           "state_reader"]
 
 _TO_CONNECTIVITY = _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
 
@@ -24,8 +27,12 @@ _TO_CONNECTIVITY = _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
 def state_reader(channel: grpc.Channel) -> Callable[[bool], grpc.ChannelConnectivity]:
     """A function ``(try_to_connect) -> ChannelConnectivity`` for a sync grpc channel.
 
-    Non-blocking; safe from any thread.
+    Non-blocking; safe from any thread. A connection pool
+    (:class:`discovery.pool.PooledChannel`) answers for its members.
     """
+    pooled = getattr(channel, "read_state", None)
+    if pooled is not None:
+        return pooled  # type: ignore[no-any-return]
     core = getattr(channel, "_channel", None)
     check = getattr(core, "check_connectivity_state", None)
     if check is None:
@@ -69,3 +76,38 @@ def aio_status_now(call: object) -> tuple[grpc.StatusCode, str, tuple[tuple[str,
         return None
     return (_common.CYGRPC_STATUS_CODE_TO_STATUS_CODE[status.code()], status.details(),
             tuple(status.trailing_metadata() or ()))
+
+
+# -- backend channels, made past any monkeypatch --------------------------------
+# Instrumentations replace grpc.insecure_channel/secure_channel (OpenTelemetry's
+# GrpcInstrumentorClient wraps them to return an interceptor wrapper whose
+# streams are plain generators) and grpc.aio's (adding interceptors). A
+# backend channel must be grpc's own: the control loop reads its
+# connectivity, and every attempt closes its books from the grpc call's done
+# callback. So backend channels are made exactly as those two functions'
+# bodies make them. Interceptors and instrumentation belong on the discovery
+# channel itself (see discovery.otel).
+
+
+def _core_credentials(credentials: grpc.ChannelCredentials) -> Any:
+    from grpc.experimental import _insecure_channel_credentials
+
+    core = credentials._credentials  # type: ignore[attr-defined]  # grpc's own attribute, not in the stubs
+    if core is _insecure_channel_credentials:
+        raise ValueError("secure_channel cannot be called with insecure credentials. Call insecure_channel instead.")
+    return core
+
+
+def plain_channel(target: str, options: Sequence[tuple[str, Any]], compression: grpc.Compression | None,
+                  credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """``grpc.insecure_channel`` (or ``secure_channel`` with ``credentials``) as grpc defines it, unpatched."""
+    creds = None if credentials is None else _core_credentials(credentials)
+    return _channel.Channel(target, tuple(options), creds, compression)
+
+
+def plain_aio_channel(target: str, options: Sequence[tuple[str, Any]], compression: grpc.Compression | None,
+                      credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """``grpc.aio.insecure_channel`` (or ``secure_channel``) as grpc defines it, without interceptors."""
+    creds = None if credentials is None else credentials._credentials  # type: ignore[attr-defined]
+    channel: Any = _aio_channel.Channel(target, tuple(options), creds, compression, None)
+    return channel  # type: ignore[no-any-return]  # the stubs know grpc.aio.Channel, not its implementation

@@ -7,11 +7,16 @@ update without touching a single channel.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Address", "Attributes", "ResolverState", "format_host_port"]
+from .errors import ConfigError
+
+__all__ = ["Address", "Attributes", "ResolverState", "format_host_port", "host_error"]
 
 
 class Attributes(Mapping[str, Any]):
@@ -24,9 +29,22 @@ class Attributes(Mapping[str, Any]):
     __slots__ = ("_hash", "_items")
 
     def __init__(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()):
-        pairs = items.items() if isinstance(items, Mapping) else items
-        self._items: dict[str, Any] = dict(sorted(pairs))
-        self._hash: int | None = None
+        try:
+            pairs = dict(items.items() if isinstance(items, Mapping) else items)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"expected a mapping of attributes, got {type(items).__name__} {items!r}",
+                              key_path="attributes") from exc
+        for key in pairs:
+            if not isinstance(key, str):
+                raise ConfigError(f"attribute names must be strings, got {key!r}", key_path="attributes")
+        self._items: dict[str, Any] = dict(sorted(pairs.items()))
+        # Hashed now, so an unhashable value fails here, where the plugin
+        # builds it, not later on the control thread that compares states.
+        try:
+            self._hash: int = hash(tuple(self._items.items()))
+        except TypeError as exc:
+            raise ConfigError(f"attribute values must be hashable (str, int, tuple ...): {exc}",
+                              key_path="attributes") from exc
 
     def __getitem__(self, key: str) -> Any:
         return self._items[key]
@@ -38,8 +56,6 @@ class Attributes(Mapping[str, Any]):
         return len(self._items)
 
     def __hash__(self) -> int:
-        if self._hash is None:
-            self._hash = hash(tuple(self._items.items()))
         return self._hash
 
     def __eq__(self, other: object) -> bool:
@@ -56,11 +72,62 @@ class Attributes(Mapping[str, Any]):
 _EMPTY = Attributes()
 
 
+# A DNS label (underscores allowed, as in _grpc._tcp SRV names and many
+# internal names), at most 63 characters, no hyphen at either end.
+_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_NUMERIC = re.compile(r"[0-9.]+")
+_ZONE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@functools.lru_cache(maxsize=8192)
+def host_error(host: str) -> str | None:
+    """Why ``host`` cannot be a backend's host, or None if it can.
+
+    A host is an IPv4 address, an IPv6 address without brackets (a ``%zone``
+    allowed), or an ASCII host name (letters, digits, ``-``, ``_``, dots; at
+    most 253 characters). Cached: resolvers build the same hosts again and again.
+    """
+    if not host:
+        return "empty host"
+    if "@" in host:
+        # Not echoed: what precedes an '@' is userinfo, maybe a password.
+        return "a host cannot contain '@' (no userinfo in a backend address)"
+    if not host.isascii():
+        return (f"host {host!r} is not ASCII; write an internationalised name in its IDNA form "
+                "(xn--...)")
+    if ":" in host:
+        addr, _, zone = host.partition("%")
+        try:
+            ipaddress.IPv6Address(addr)
+        except ValueError:
+            return (f"host {host!r} contains ':' but is not an IPv6 address (a port goes after the host "
+                    "in a target, or in Address.port; an IPv6 literal goes in brackets in a target: [::1]:50051)")
+        if "%" in host and not _ZONE.fullmatch(zone):
+            return f"host {host!r}: bad IPv6 zone {zone!r}"
+        return None
+    if _NUMERIC.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"host {host!r} is not a valid IPv4 address"
+        return None
+    if len(host.rstrip(".")) > 253 or not _HOSTNAME.fullmatch(host):
+        return (f"host {host!r} is not a valid host name (letters, digits, '-', '_' and dots, "
+                "labels of 1..63 characters, no spaces)")
+    return None
+
+
 def format_host_port(host: str, port: int) -> str:
     """``host:port``, with an IPv6 literal in brackets as gRPC writes it."""
     if ":" in host and not host.startswith("["):
         return f"[{host}]:{port}"
     return f"{host}:{port}"
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int to Python, but True is no port.
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +148,20 @@ class Address:
     attributes: Attributes = field(default=_EMPTY)
 
     def __post_init__(self) -> None:
-        if not self.host:
-            raise ValueError("Address.host must not be empty")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"Address.port must be 1..65535, got {self.port!r}")
-        if self.weight < 0:
-            raise ValueError(f"Address.weight must be >= 0, got {self.weight!r}")
+        # ConfigError is a ValueError too, for callers that catch that.
+        if not isinstance(self.host, str):
+            raise ConfigError(f"Address.host must be a string, got {self.host!r}")
+        problem = host_error(self.host)
+        if problem is not None:
+            raise ConfigError(f"Address: {problem}")
+        if not _is_int(self.port) or not 0 < self.port < 65536:
+            raise ConfigError(f"Address.port must be an integer 1..65535, got {self.port!r}")
+        if not _is_int(self.weight) or self.weight < 0:
+            raise ConfigError(f"Address.weight must be an integer >= 0, got {self.weight!r}")
+        if not _is_int(self.priority) or self.priority < 0:
+            raise ConfigError(f"Address.priority must be an integer >= 0, got {self.priority!r}")
+        if not isinstance(self.zone, str):
+            raise ConfigError(f"Address.zone must be a string, got {self.zone!r}")
         if not isinstance(self.attributes, Attributes):
             object.__setattr__(self, "attributes", Attributes(self.attributes))
 

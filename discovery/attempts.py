@@ -120,8 +120,8 @@ class Attempts:
     attempts (the number of backends, plus one).
     """
 
-    __slots__ = ("deadline", "hedging", "max_transparent", "retries", "retry", "throttle", "transparent",
-                 "tried", "wait_for_ready")
+    __slots__ = ("deadline", "hedging", "last_transparent", "max_transparent", "retries", "retry", "throttle",
+                 "transparent", "tried", "wait_for_ready")
 
     def __init__(self, mc: MethodConfig | None, throttle: RetryThrottle | None, deadline: float | None,
                  wait_for_ready: bool | None, max_transparent: int) -> None:
@@ -134,6 +134,9 @@ class Attempts:
         self.retries = 0
         self.transparent = 0
         self.max_transparent = max_transparent
+        # Whether the latest after_failure was a transparent re-pick (observers
+        # name the next attempt by it: a retry, or a re-pick that is none).
+        self.last_transparent = False
 
     def no_replay(self) -> Attempts:
         """For a call with a request stream, which is never replayed: no retry or hedging
@@ -175,7 +178,8 @@ class Attempts:
         ``refused`` means the channel itself refused the backend (closed under
         the RPC): never sent by construction.
         """
-        if refused or never_sent(code, details):
+        self.last_transparent = refused or never_sent(code, details)
+        if self.last_transparent:
             self.transparent += 1
             return 0.0 if self.transparent <= self.max_transparent and not self.expired() else None
         policy = self.retry

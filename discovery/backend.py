@@ -42,6 +42,16 @@ _C = grpc.ChannelConnectivity
 # may use the same method name with different message classes.
 CallableKey = tuple[str, str, Any, Any, bool]
 
+# The method :meth:`Backend.probe_error` calls: no server implements it.
+_PROBE = "/grpc.discovery.v1.Probe/LastConnectionError"
+
+
+_PROBES: set[asyncio.Future[None]] = set()
+
+
+def _ident(b: bytes) -> bytes:
+    return b
+
 
 @dataclass(frozen=True, slots=True)
 class BackendSnapshot:
@@ -209,6 +219,52 @@ class Backend:
         # the only signal there is (see README, "Health checking").
         self.healthy = not (self.health_checked and new is _C.TRANSIENT_FAILURE)
         return True
+
+    def probe_error(self) -> None:
+        """Learn why a backend in TRANSIENT_FAILURE cannot connect (``last_error``).
+
+        grpcio exposes a channel's connection error only in the status of an
+        RPC it fails, so this asks for one: an RPC to a method no server has,
+        which a channel in TRANSIENT_FAILURE fails at once, locally, with
+        UNAVAILABLE and the last connection error (``Connection refused``
+        ...). Bounded by a 50 ms deadline should the channel have started
+        connecting meanwhile; a server that is reached answers UNIMPLEMENTED,
+        which is ignored. Control thread (sync backends) or the backend's loop
+        (asyncio backends).
+        """
+        if self.closed:
+            return
+        if self.channel is not None:
+            try:
+                self.channel.unary_unary(_PROBE, _ident, _ident)(b"", timeout=0.05)
+            except grpc.RpcError as exc:
+                self._probed(exc.code(), exc.details())
+            return
+        loop = self._primary_loop
+        twin = None if loop is None else self.aio_twins.get(loop)
+        if loop is None or twin is None:
+            return
+        channel = twin.channel
+
+        async def probe() -> None:
+            try:
+                await channel.unary_unary(_PROBE, _ident, _ident)(b"", timeout=0.05)
+            except grpc.aio.AioRpcError as exc:
+                self._probed(exc.code(), exc.details())
+
+        def start() -> None:
+            if not self.closed:
+                # Held until done: asyncio keeps only weak references to tasks.
+                task = asyncio.ensure_future(probe())
+                _PROBES.add(task)
+                task.add_done_callback(_PROBES.discard)
+
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to learn
+            loop.call_soon_threadsafe(start)
+
+    def _probed(self, code: grpc.StatusCode, details: str | None) -> None:
+        if code is grpc.StatusCode.UNAVAILABLE and details:
+            self.last_error = details
 
     def start_drain(self, on_idle: Callable[[Backend], None]) -> bool:
         """Stop taking part; call ``on_idle`` once in-flight RPCs reach zero.

@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from . import observe
 from ._calls import LocalRpcError
 from .address import Address, ResolverState
 from .attempts import RetryThrottle
@@ -33,13 +34,16 @@ from .balancer import (
     Balancer,
     BalancerState,
     Cancellable,
+    Drop,
     ErrorPicker,
     Metadata,
     Picker,
     PickResult,
     QueuePicker,
+    StreamHandle,
     SubConn,
 )
+from .calls.books import dropped, unused
 from .clock import Clock
 from .config import ServiceConfig
 from .control import ControlLoop, Timer
@@ -47,6 +51,7 @@ from .errors import ResolverError
 from .manager import SubchannelManager
 from .resolver import Resolver
 from .settings import ChannelSettings
+from .streams import BackendStream
 
 __all__ = ["ChannelCore", "assemble", "backend_factory"]
 
@@ -88,6 +93,11 @@ class ChannelCore:
         self._ejected: set[str] = set()
         # The event loop of an asyncio channel, once known (its backends' channels live there).
         self.aio_loop: asyncio.AbstractEventLoop | None = None
+        # Observability: control-plane counters, read by discovery.metrics when asked.
+        self.stats = observe.ChannelStats()
+        # What was last logged of each backend (connectivity, health): one record per change.
+        self._logged: dict[str, tuple[grpc.ChannelConnectivity, bool]] = {}
+        self._extra = {"target": target}
 
     # -- ResolverListener (any thread) ------------------------------------
 
@@ -129,6 +139,14 @@ class ChannelCore:
         b = subconn.backend
         b.ejected = ejected
         (self._ejected.add if ejected else self._ejected.discard)(b.addr)
+        if ejected:  # observability: discovery_ejections_total
+            self.stats.ejections[b.addr] = self.stats.ejections.get(b.addr, 0) + 1
+
+    def open_stream(self, subconn: SubConn, method: str, request: bytes,
+                    on_message: Callable[[bytes], None],
+                    on_end: Callable[[grpc.StatusCode, str], None]) -> StreamHandle:
+        """A server stream to ``subconn``'s backend alone (see :meth:`BalancerHelper.open_stream`)."""
+        return BackendStream.start(self.loop, subconn.backend, self.aio_loop, method, request, on_message, on_end)
 
     # -- control thread ---------------------------------------------------
 
@@ -140,6 +158,7 @@ class ChannelCore:
     def _on_resolver_state(self, state: ResolverState) -> None:
         if self.closed:
             return
+        before = [b.addr for b in self.manager.backends] if log.isEnabledFor(logging.INFO) else None
         try:
             changed, removed = self.manager.update(state)
         except Exception as exc:
@@ -148,6 +167,14 @@ class ChannelCore:
             log.exception("cannot apply the address set of %s", self.target, extra={"target": self.target})
             self._on_resolver_error(ResolverError(f"cannot use the resolved addresses: {exc}"))
             return
+        self.stats.resolver_updates += 1  # observability: discovery_resolver_updates_total
+        for b in removed:
+            self.stats.ejections.pop(b.addr, None)
+            self._logged.pop(b.addr, None)
+        if self.resolver_error:
+            log.info("resolver of %s recovered", self.target, extra=self._extra)
+        if before is not None and (changed or not self.has_state):
+            self._log_address_set(before, state)
         self.resolver_note = state.note
         self.resolver_error = ""
         self._logged_resolver_error = ""
@@ -159,9 +186,39 @@ class ChannelCore:
             self.manager.drain(removed)
             self._schedule_poll()
 
+    def _log_address_set(self, before: list[str], state: ResolverState) -> None:
+        # Once per change of the set: how many, what came and went (addresses are no secret).
+        now = [b.addr for b in self.manager.backends]
+        old, new = set(before), set(now)
+        added = [a for a in now if a not in old]
+        gone = [a for a in before if a not in new]
+        note = f" ({state.note})" if state.note else ""
+        log.info("address set of %s: %d backends, %d added, %d removed%s", self.target, len(now), len(added),
+                 len(gone), note, extra=self._extra)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("address set of %s: added %s; removed %s", self.target, _some(added), _some(gone),
+                      extra=self._extra)
+
+    def _log_backends(self, backends: list[Backend]) -> None:
+        """One record per change of a backend's connectivity or health (control thread)."""
+        for b in backends:
+            now = (b.state, b.healthy)
+            was = self._logged.get(b.addr)
+            if now == was:
+                continue
+            self._logged[b.addr] = now
+            extra = {"target": self.target, "backend": b.addr}
+            old = "new" if was is None else f"{was[0].name}{'' if was[1] else ' (unhealthy)'}"
+            new = f"{b.state.name}{'' if b.healthy else ' (unhealthy)'}"
+            # A backend that fails (or fails its health check) is worth INFO; the rest is DEBUG.
+            level = logging.INFO if (b.state is _C.TRANSIENT_FAILURE or not b.healthy) or (
+                was is not None and (was[0] is _C.TRANSIENT_FAILURE or not was[1])) else logging.DEBUG
+            log.log(level, "backend %s of %s: %s -> %s", b.addr, self.target, old, new, extra=extra)
+
     def _on_resolver_error(self, error: ResolverError) -> None:
         if self.closed:
             return
+        self.stats.resolver_errors += 1  # observability: discovery_resolver_errors_total
         self.resolver_error = str(error)
         if self.resolver_error != self._logged_resolver_error:
             # Logged once per change: a registry that stays down does not flood the log.
@@ -204,8 +261,14 @@ class ChannelCore:
             changed = self.manager.poll()
         else:
             changed = self.manager.poll(self.manager.watched())
+        if changed:
+            self._log_backends(changed)
         try:
             for b in changed:
+                if b.state is _C.TRANSIENT_FAILURE:
+                    b.probe_error()
+                elif b.state is _C.READY:
+                    b.last_error = ""
                 self.balancer.subconn_state(b)
         finally:
             self._schedule_poll()
@@ -216,6 +279,7 @@ class ChannelCore:
             if self.closed or backend.closing:
                 return
             if backend.poll():
+                self._log_backends([backend])
                 self.balancer.subconn_state(backend)
                 self._schedule_poll()
             if self.resolver is not None:
@@ -248,16 +312,16 @@ class ChannelCore:
     def _set_state(self, state: grpc.ChannelConnectivity) -> None:
         if state is self.state:
             return
+        log.info("channel %s: %s -> %s", self.target, self.state.name, state.name, extra=self._extra)
         self.state = state
         for cb in list(self._subscribers):
             self._notify(cb, state)
 
-    @staticmethod
-    def _notify(cb: Callable[[grpc.ChannelConnectivity], None], state: grpc.ChannelConnectivity) -> None:
+    def _notify(self, cb: Callable[[grpc.ChannelConnectivity], None], state: grpc.ChannelConnectivity) -> None:
         try:
             cb(state)
         except Exception:
-            log.exception("connectivity callback %r failed", cb)
+            log.exception("connectivity callback %r failed", cb, extra=self._extra)
 
     def subscribe(self, cb: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool) -> None:
         def run() -> None:
@@ -275,35 +339,47 @@ class ChannelCore:
 
     # -- data plane helpers (any thread) ----------------------------------
 
-    def explain(self, picker: Picker) -> str:
-        parts = [f"no backend available for {self.target}: {picker.reason}"]
+    def explain(self, picker: Picker, reason: str | None = None) -> str:
+        """The details of an RPC nothing could be picked for; ``reason`` is the picker's
+        answer for that RPC (:meth:`Picker.why_none`), else its general one."""
+        reason = picker.reason if reason is None else reason
+        parts = [f"no backend available for {self.target}: {reason}"]
         if self.resolver_note:
             parts.append(self.resolver_note)
         if self.resolver_error:
             parts.append(f"last resolver error: {self.resolver_error}")
-        if self.conn_error and "last connection error" not in picker.reason:
-            parts.append(f"last connection error: {self.conn_error}")
+        if "last connection error" not in reason:
+            # The picker's reason was written when it was built; a connection
+            # error learned since (an asyncio backend's probe) is told here.
+            errors = [f"{b.addr}: {b.last_error}" for b in self.manager.backends if b.last_error]
+            last = errors[-1] if errors else self.conn_error
+            if last:
+                parts.append(f"last connection error: {last}")
         return "; ".join(parts)
 
-    def no_pick_error(self, picker: Picker, deadline_passed: bool) -> LocalRpcError:
+    def no_pick_error(self, picker: Picker, deadline_passed: bool, reason: str | None = None) -> LocalRpcError:
         if self.closed:
             return LocalRpcError(grpc.StatusCode.CANCELLED, "the channel is closed")
         if deadline_passed:
             return LocalRpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                 "deadline exceeded while waiting for a backend: " + self.explain(picker))
-        return LocalRpcError(_UNAVAILABLE, self.explain(picker))
+                                 "deadline exceeded while waiting for a backend: " + self.explain(picker, reason))
+        return LocalRpcError(_UNAVAILABLE, self.explain(picker, reason))
 
     def pick_avoiding(self, method: str, metadata: Metadata | None, tried: list[Any]) -> PickResult | None:
         """A pick whose backend is not in ``tried`` when the picker offers one (at most
         len(tried)+1 picks), else the last pick; None if nothing can be picked. Never blocks."""
         picker = self.picker
-        r = picker.pick(method, metadata)
-        if not tried or r is None:
-            return r
-        for _ in range(len(tried)):
-            if r is None or r.subconn.backend not in tried:
-                break
+        try:
             r = picker.pick(method, metadata)
+            if not tried or r is None:
+                return r
+            for _ in range(len(tried)):
+                if r is None or r.subconn.backend not in tried:
+                    break
+                unused(r)  # a pick that is not taken still gets its done (a reservation is released)
+                r = picker.pick(method, metadata)
+        except Drop as drop:
+            raise dropped(drop) from None
         return r
 
     def wait_pick(self, method: str, metadata: Metadata | None, deadline: float | None,
@@ -323,9 +399,12 @@ class ChannelCore:
                 if r is not None:
                     return r
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if self.closed or (not picker.queue and not wait_for_ready) or (
+                # Whether this RPC waits, and why it failed, can depend on the RPC
+                # (the subset its header asks for): the picker says, per RPC.
+                queue, reason = picker.why_none(method, metadata)
+                if self.closed or (not queue and not wait_for_ready) or (
                         remaining is not None and remaining <= 0):
-                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0)
+                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0, reason)
                 self.cond.wait(remaining)
 
     async def wait_pick_async(self, method: str, metadata: Metadata | None, deadline: float | None,
@@ -339,9 +418,12 @@ class ChannelCore:
                 if r is not None and not self.closed:
                     return r
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if self.closed or (not picker.queue and not wait_for_ready) or (
+                # Whether this RPC waits, and why it failed, can depend on the RPC
+                # (the subset its header asks for): the picker says, per RPC.
+                queue, reason = picker.why_none(method, metadata)
+                if self.closed or (not queue and not wait_for_ready) or (
                         remaining is not None and remaining <= 0):
-                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0)
+                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0, reason)
                 fut: asyncio.Future[None] = loop.create_future()
                 self._async_waiters.append((loop, fut))
             # A timer of our own rather than asyncio.wait_for: the futures loop
@@ -405,12 +487,14 @@ class ChannelCore:
         return started
 
     def finish_close(self) -> None:
-        self.loop.submit(self.manager.close_all)
+        def last() -> None:
+            self.manager.close_all()
+            # Subscribers hear SHUTDOWN on the control thread, like every other state.
+            self._set_state(_C.SHUTDOWN)
+            self._subscribers.clear()
+
+        self.loop.submit(last)
         self.loop.stop()
-        self.state = _C.SHUTDOWN
-        for cb in list(self._subscribers):
-            self._notify(cb, _C.SHUTDOWN)
-        self._subscribers.clear()
 
     def close(self, grace: float | None) -> None:
         """Close from a thread (blocking): refuse RPCs, drain or cancel, stop the loop."""
@@ -422,6 +506,14 @@ class ChannelCore:
             # its grace timer fires; this only waits for that to happen.
             self.manager.wait_drained(grace + 1.0)
         self.finish_close()
+
+
+def _some(addrs: list[str], limit: int = 20) -> str:
+    """A list of addresses for a log line, cut after ``limit``."""
+    if not addrs:
+        return "none"
+    more = f" and {len(addrs) - limit} more" if len(addrs) > limit else ""
+    return ", ".join(addrs[:limit]) + more
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -441,6 +533,15 @@ def backend_factory(core: ChannelCore, make_channel: Callable[[Address], grpc.Ch
     """How the manager makes a backend: a sync channel (plus an aio twin for futures), or,
     for an asyncio channel, one aio channel made on the application's loop."""
     health = core.service_config.health_service_name is not None
+    n = core.settings.connections_per_backend
+    if n > 1:
+        # A pool of n grpc channels (n connections) stands in for each backend's channel.
+        from .pool import PooledAioChannel, PooledChannel
+
+        one_channel, one_aio = make_channel, make_aio_channel
+        if one_channel is not None:
+            make_channel = lambda a: PooledChannel([one_channel(a) for _ in range(n)])  # noqa: E731
+        make_aio_channel = lambda a: PooledAioChannel([one_aio(a) for _ in range(n)])  # noqa: E731
 
     def make(address: Address) -> Backend:
         if make_channel is not None:
@@ -457,10 +558,12 @@ def assemble(core: ChannelCore, make_backend: Callable[[Address], Backend],
              resolver_factory: Callable[[ChannelCore], Resolver],
              balancer_factory: Callable[[ChannelCore], Balancer]) -> None:
     """Give ``core`` its manager, balancer and resolver (the resolver last: it starts at once)."""
-    core.manager = SubchannelManager(core.loop, make_backend, drain_grace=core.settings.drain_grace)
+    core.manager = SubchannelManager(core.loop, make_backend, drain_grace=core.settings.drain_grace,
+                                     target=core.target)
     try:
         core.balancer = balancer_factory(core)
         core.resolver = resolver_factory(core)
     except BaseException:
         core.loop.stop()
         raise
+    observe.register_channel(core)  # observability: metrics cover every channel, made before or after

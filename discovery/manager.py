@@ -25,7 +25,8 @@ from .control import ControlLoop, Timer
 
 __all__ = ["SubchannelManager"]
 
-log = logging.getLogger(__name__)
+# Backends are part of the channel: their records go to the channel's logger.
+log = logging.getLogger("discovery.channel")
 
 _C = grpc.ChannelConnectivity
 
@@ -43,8 +44,10 @@ class SubchannelManager:
         make_backend: Callable[[Address], Backend],
         *,
         drain_grace: float = 30.0,
+        target: str = "",
     ) -> None:
         self._loop = loop
+        self._target = target
         self._make_backend = make_backend
         self.drain_grace = drain_grace
         self.backends: tuple[Backend, ...] = ()
@@ -132,8 +135,8 @@ class SubchannelManager:
 
     def _grace_over(self, b: Backend) -> None:
         if b in self._draining:
-            log.info("backend %s still had %d RPCs after %.1fs grace; closing", b.addr, b.in_flight,
-                     self.drain_grace)
+            log.info("backend %s of %s still had %d RPCs after %.1fs grace; closing", b.addr, self._target,
+                     b.in_flight, self.drain_grace, extra={"target": self._target, "backend": b.addr})
             self._close(b)
 
     def _close(self, b: Backend) -> None:

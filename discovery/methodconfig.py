@@ -8,7 +8,9 @@ per RPC. Field meanings are gRPC's own (gRFC A6 for retries and hedging,
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,16 +42,35 @@ def parse_codes(value: Any, key_path: str) -> frozenset[grpc.StatusCode]:
         raise ConfigError(f"expected a list of status codes, got {value!r}", key_path=key_path)
     out = set()
     for v in value:
-        # bool is an int to Python, but true is no status code.
-        code = None if isinstance(v, bool) else _CODES.get(v.upper()) if isinstance(v, str) else _CODES_BY_NUMBER.get(v)
+        code = None
+        if isinstance(v, str):
+            code = _CODES.get(v.upper())
+        elif isinstance(v, int) and not isinstance(v, bool):  # True is an int to Python, but no status code
+            code = _CODES_BY_NUMBER.get(v)
         if code is None or code is grpc.StatusCode.OK:
             raise ConfigError(f"{v!r} is not a gRPC status code name or number", key_path=key_path)
         out.add(code)
     return frozenset(out)
 
 
+# protobuf's JSON mapping (and so gRPC) also takes numbers written as strings.
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def _numeric(value: Any) -> Any:
+    """``"3"`` -> 3 and ``"1.5"`` -> 1.5 (ASCII digits only); anything else unchanged."""
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return float(value) if "." in value else int(value)
+    return value
+
+
+def _present(raw: Mapping[str, Any]) -> dict[str, Any]:
+    # gRPC reads a null field as an absent one.
+    return {k: v for k, v in raw.items() if v is not None}
+
+
 def _attempts(raw: Mapping[str, Any], key_path: str) -> int:
-    attempts = raw["maxAttempts"]
+    attempts = _numeric(raw["maxAttempts"])
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 2:
         raise ConfigError(f"maxAttempts must be an integer >= 2, got {attempts!r}",
                           key_path=f"{key_path}.maxAttempts")
@@ -81,11 +102,12 @@ class RetryPolicy:
     def parse(cls, raw: Mapping[str, Any], key_path: str) -> RetryPolicy:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"expected an object, got {raw!r}", key_path=key_path)
+        raw = _present(raw)
         _check_keys(raw, {"maxAttempts", "initialBackoff", "maxBackoff", "backoffMultiplier",
                           "retryableStatusCodes"}, {"perAttemptRecvTimeout"}, key_path)
         attempts = _attempts(raw, key_path)
-        mult = raw["backoffMultiplier"]
-        if not isinstance(mult, int | float) or isinstance(mult, bool) or not 0 < mult < float("inf"):
+        mult = _numeric(raw["backoffMultiplier"])
+        if not isinstance(mult, int | float) or isinstance(mult, bool) or not 0 < mult < math.inf:
             raise ConfigError(f"backoffMultiplier must be a number > 0, got {mult!r}",
                               key_path=f"{key_path}.backoffMultiplier")
         initial = parse_duration(raw["initialBackoff"], key_path=f"{key_path}.initialBackoff")
@@ -122,6 +144,7 @@ class HedgingPolicy:
     def parse(cls, raw: Mapping[str, Any], key_path: str) -> HedgingPolicy:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"expected an object, got {raw!r}", key_path=key_path)
+        raw = _present(raw)
         _check_keys(raw, {"maxAttempts"}, {"hedgingDelay", "nonFatalStatusCodes"}, key_path)
         attempts = _attempts(raw, key_path)
         delay = 0.0

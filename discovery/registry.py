@@ -41,9 +41,9 @@ from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from .balancer import BalancerBuilder
-from .errors import PluginError, TargetError, UnknownPolicyError, UnknownSchemeError
+from .errors import PluginError, UnknownPolicyError, UnknownSchemeError
 from .resolver import ResolverBuilder
-from .target import Target, parse_target
+from .target import Target, parse_channel_target
 
 __all__ = [
     "BALANCER_GROUP",
@@ -347,15 +347,7 @@ def resolve_target(target: str) -> Target:
     all: gRPC gives both its default scheme, ``dns``, and so does this
     function. A target with ``://`` is taken as written. Raises TargetError.
     """
-    try:
-        t = parse_target(target)
-    except TargetError:
-        if not isinstance(target, str) or "://" in target:
-            raise
-        return parse_target("dns:///" + target)
-    if "://" not in target and not has_resolver(t.scheme):
-        return parse_target("dns:///" + target)
-    return t
+    return parse_channel_target(target, has_resolver)
 
 
 def get_resolver(scheme: str) -> ResolverBuilder:

@@ -8,9 +8,11 @@ selects ``tally`` and retries UNAVAILABLE, then prints what the policy's
 
 ``tally`` is round robin (built on :class:`discovery.balancer.base.BaseBalancer`,
 so it writes only a picker) whose picks carry a ``done`` callback. The channel
-calls it exactly once per attempt that went to the picked backend, on whatever
-thread ended the attempt, with a :class:`discovery.balancer.DoneInfo`: the
-status code, the latency from the pick, and the trailing metadata. README,
+calls it exactly once per pick, on whatever thread ended the attempt, with a
+:class:`discovery.balancer.DoneInfo`: the status code, the latency from the
+pick, and the trailing metadata of the attempt; or ``NOT_ATTEMPTED``
+(``info.attempted`` False) for a pick the channel did not use (say, a re-pick
+that avoided a backend already tried), which ``tally`` counts apart. README,
 "Writing a balancer", walks through it.
 """
 
@@ -48,11 +50,15 @@ class Tally:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._seen: list[tuple[str, DoneInfo]] = []
+        self.unused = 0  # picks the channel did not send an attempt with
 
     def record(self, addr: str, info: DoneInfo) -> None:
         # A done callback must not block: append under a short lock and return.
         with self._lock:
-            self._seen.append((addr, info))
+            if info.attempted:
+                self._seen.append((addr, info))
+            else:
+                self.unused += 1
 
     def seen(self) -> list[tuple[str, DoneInfo]]:
         with self._lock:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Sequence
 
 import grpc
@@ -61,10 +62,34 @@ def wait_until(predicate: object, timeout: float) -> bool:
     return False
 
 
+def start_metrics(port: int) -> str:
+    """Turn on discovery's Prometheus metrics and serve them on 127.0.0.1; return the /metrics URL."""
+    from prometheus_client import start_http_server
+
+    import discovery.metrics
+
+    discovery.metrics.enable_prometheus()
+    httpd, _thread = start_http_server(port, addr="127.0.0.1")
+    url = f"http://127.0.0.1:{httpd.server_port}/metrics"
+    print(f"client metrics on {url}")
+    return url
+
+
+def scrape(url: str, prefixes: Sequence[str]) -> list[str]:
+    """The lines of a /metrics page that start with one of ``prefixes``."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return [line for line in text.splitlines() if line.startswith(tuple(prefixes))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="grpc-discovery demo")
     p.add_argument("--rpcs", type=int, default=300, help="RPCs per phase")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve the client's Prometheus metrics at http://127.0.0.1:PORT/metrics (0: a free port) "
+                        "and print what it served at the end")
     args = p.parse_args(argv)
+    metrics_url = None if args.metrics_port is None else start_metrics(args.metrics_port)
     procs: list[subprocess.Popen[str]] = []
     try:
         addrs = []
@@ -88,6 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             procs[1].kill()
             procs[1].wait(10)
             show("after b2 was killed:", channel, args.rpcs)
+            if metrics_url is not None:
+                print(f"\nclient metrics, as scraped from {metrics_url}:")
+                for line in scrape(metrics_url, ("discovery_rpcs_total", "discovery_backends{")):
+                    print(f"    {line}")
     finally:
         for proc in procs:
             if proc.poll() is None:

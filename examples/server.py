@@ -2,7 +2,8 @@
 
 Run it as a process::
 
-    python -m examples.server --host 127.0.0.1 --port 0 --name b1 [--grace 5] [--fail-with UNAVAILABLE]
+    python -m examples.server --host 127.0.0.1 --port 0 --name b1 [--grace 5] [--fail-with UNAVAILABLE] \
+        [--metrics-port 9464]
 
 Once it accepts RPCs it prints exactly one line, ``LISTENING host:port``, to
 stdout and flushes it, so a parent process can wait for that line and read the
@@ -22,6 +23,11 @@ Or in-process, as tests do::
 Every response carries ``served_by`` (the server's name) and every
 OrderService RPC, failed or not, carries a ``served-by`` trailing metadata
 entry, so a client can tell which backend answered.
+
+The server reports its load with ORCA (:mod:`discovery.orca`): the
+``xds.service.orca.v3.OpenRcaService`` out of band, which
+``weighted_round_robin`` with ``enableOobLoadReport`` reads, and the
+``endpoint-load-metrics-bin`` trailer on every call, for other gRPC clients.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from typing import Any, NamedTuple
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from discovery import orca
 from examples.orders import SERVICE_NAME, pb2, pb2_grpc
 
 __all__ = [
@@ -266,17 +273,21 @@ class LoggingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]  # n
     would hide the ``experimental_non_blocking`` marker grpc looks for on it.
     """
 
-    def __init__(self, logger: logging.Logger = _LOGGER, level: int = logging.INFO) -> None:
-        """Log through ``logger`` at ``level``."""
+    def __init__(self, logger: logging.Logger = _LOGGER, level: int = logging.INFO,
+                 on_done: Callable[[str, str, float], None] | None = None) -> None:
+        """Log through ``logger`` at ``level``; also call ``on_done(method, code, seconds)`` if given."""
         self._logger = logger
         self._level = level
+        self._on_done = on_done
 
     def _log(self, method: str, context: grpc.ServicerContext, started: float, outcome: str) -> None:
         # ServicerContext.code() exists since grpcio 1.38 but grpc-stubs does not declare it.
         code: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]
         name = code.name if code is not None else outcome
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        self._logger.log(self._level, "%s %s %.1fms peer=%s", method, name, elapsed_ms, context.peer())
+        elapsed = time.perf_counter() - started
+        self._logger.log(self._level, "%s %s %.1fms peer=%s", method, name, elapsed * 1000, context.peer())
+        if self._on_done is not None:
+            self._on_done(method, name, elapsed)
 
     def intercept_service(
         self,
@@ -382,6 +393,8 @@ class OrderServicer(pb2_grpc.OrderServiceServicer):
       a backend can look healthy yet fail all traffic, as outlier detection
       expects.
     - ``fail_details``: the status message of those failures.
+    - ``load``: the :class:`discovery.orca.ServerMetrics` this server reports
+      (set by :func:`serve`); e.g. ``load.set_application_utilization(0.8)``.
     """
 
     def __init__(self, name: str, store: OrderStore | None = None) -> None:
@@ -392,6 +405,7 @@ class OrderServicer(pb2_grpc.OrderServiceServicer):
         self._fail_with: grpc.StatusCode | None = None
         self._calls: collections.Counter[str] = collections.Counter()
         self._calls_lock = threading.Lock()
+        self.load: orca.ServerMetrics | None = None
 
     @property
     def fail_with(self) -> grpc.StatusCode | None:
@@ -534,6 +548,7 @@ def serve(
     max_workers: int = 16,
     interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
+    on_rpc_done: Callable[[str, str, float], None] | None = None,
 ) -> ServedOrders:
     """Start an OrderService server with health checking and return its parts.
 
@@ -548,20 +563,29 @@ def serve(
         interceptors: extra server interceptors, run inside the logging and
             validation interceptors.
         options: grpc server channel arguments.
+        on_rpc_done: called as ``(method, code name, seconds)`` when an
+            OrderService RPC ends (what ``--metrics-port`` counts).
 
     Raises:
         RuntimeError: the address could not be bound.
     """
+    # ORCA load reports (discovery.orca): counted per call, served out of band
+    # for weighted_round_robin clients, and as the per-call trailer for other
+    # gRPC clients. Each open report stream holds a worker thread.
+    load = orca.ServerMetrics()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="orders"),
-        interceptors=[LoggingInterceptor(), ValidationInterceptor(), *(interceptors or ())],
+        interceptors=[orca.OrcaInterceptor(load), LoggingInterceptor(on_done=on_rpc_done), ValidationInterceptor(),
+                      *(interceptors or ())],
         options=list(options or ()),
     )
+    orca.add_orca_service(server, load)
     bound = server.add_insecure_port(_join_host_port(host, port))
     if bound == 0:  # Older grpcio reports a failed bind by returning 0 instead of raising.
         raise RuntimeError(f"could not bind {_join_host_port(host, port)}")
     servicer = OrderServicer(name or _join_host_port(host, bound), store)
     servicer.fail_with = fail_with
+    servicer.load = load
     pb2_grpc.add_OrderServiceServicer_to_server(servicer, server)
     # The default non-blocking mode can deadlock when set() races a closing
     # Watch in grpcio 1.85 (grpc/grpc PR #43403); blocking mode costs one
@@ -626,7 +650,30 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-workers", type=int, default=16, help="server thread pool size (default 16)")
     parser.add_argument("--log-level", default="INFO", help="logging level for stderr (default INFO)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (0 picks a free port; needs prometheus_client)",
+    )
     return parser.parse_args(argv)
+
+
+def _start_metrics(host: str, port: int) -> Callable[[str, str, float], None]:
+    """Serve ``/metrics`` on ``host:port``; return the per-RPC callback that feeds it."""
+    from prometheus_client import Counter, Histogram, start_http_server
+
+    rpcs = Counter("orders_server_rpcs", "OrderService RPCs served, by method and status code",
+                   ("method", "code"))
+    seconds = Histogram("orders_server_rpc_duration_seconds", "OrderService RPC handling time", ("method",))
+    httpd, _thread = start_http_server(port, addr=host)
+    _LOGGER.info("metrics on http://%s/metrics", _join_host_port(host, httpd.server_port))
+
+    def on_done(method: str, code: str, elapsed: float) -> None:
+        rpcs.labels(method, code).inc()
+        seconds.labels(method).observe(elapsed)
+
+    return on_done
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -648,7 +695,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    served = serve(args.host, args.port, args.name, fail_with=args.fail_with, max_workers=args.max_workers)
+    on_done = None if args.metrics_port is None else _start_metrics(args.host, args.metrics_port)
+    served = serve(args.host, args.port, args.name, fail_with=args.fail_with, max_workers=args.max_workers,
+                   on_rpc_done=on_done)
     address = _join_host_port(args.host, served.port)
     _LOGGER.info("%s serving OrderService on %s", served.servicer.name, address)
     print(f"LISTENING {address}", flush=True)

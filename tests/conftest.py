@@ -119,6 +119,22 @@ def core_only(plugin_env: PluginEnv) -> PluginEnv:
     return plugin_env
 
 
+# Real servers make a test an integration test, so that `python3 -m pytest -m "not integration"`
+# runs the fast unit tests (fakes, injected clocks) alone. A test counts if it takes a fixture
+# that starts servers, or if its module uses a real test server class directly.
+_SERVER_FIXTURES = frozenset({"start_backends"})
+_SERVER_NAMES = frozenset({"BackendServer", "KnotServer", "BackendProcess", "static_target"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        uses_servers = bool(_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
+        uses_servers |= module is not None and bool(_SERVER_NAMES & set(vars(module)))
+        if uses_servers:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture
 def clients() -> Iterator[Clients]:
     """``clients(shape, target, **kw)``: a discovery channel (sync, or asyncio for ``aio_*`` shapes)

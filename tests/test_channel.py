@@ -239,10 +239,12 @@ def test_subscribe_reports_aggregate_states_and_shutdown(start_backends) -> None
     servers = start_backends(2)
     seen: list[grpc.ChannelConnectivity] = []
     cond = threading.Condition()
+    threads: list[str] = []
 
     def cb(state: grpc.ChannelConnectivity) -> None:
         with cond:
             seen.append(state)
+            threads.append(threading.current_thread().name)
             cond.notify_all()
 
     ch = discovery.insecure_channel(static_target(servers))
@@ -259,6 +261,8 @@ def test_subscribe_reports_aggregate_states_and_shutdown(start_backends) -> None
         assert cond.wait_for(lambda: seen[-1] is C.READY, 10)
     ch2.close()
     assert seen[-1] is C.SHUTDOWN
+    # Every callback, SHUTDOWN included, ran on the channel's control thread.
+    assert {t.startswith("discovery-control") for t in threads} == {True}
 
 
 def test_close_with_grace_lets_streams_finish_and_refuses_new_rpcs(start_backends) -> None:  # type: ignore[no-untyped-def]

@@ -21,6 +21,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import discovery
+
 # The examples package lives at the repository root, which is on sys.path only
 # when pytest runs as `python -m pytest`; this makes plain `pytest` work too.
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -614,3 +616,35 @@ def test_cli_rejects_fail_with_ok() -> None:
     )
     assert result.returncode == 2
     assert "OK is not a failure" in result.stderr
+
+
+def test_order_servers_drive_weighted_round_robin_with_orca() -> None:
+    from discovery import orca
+    from discovery.balancers.weighted_round_robin import WeightedRoundRobinBuilder
+    from discovery.testing import check_distribution, wait_for, wait_ready
+
+    discovery.register_balancer(WeightedRoundRobinBuilder(), replace=True)
+    backends = [serve("127.0.0.1", 0, name) for name in ("light", "busy")]
+    for b, util in zip(backends, (0.2, 0.6), strict=True):
+        assert b.servicer.load is not None
+        b.servicer.load.set_qps(100)
+        b.servicer.load.set_application_utilization(util)
+    # Any gRPC client can read the report out of band.
+    with grpc.insecure_channel(f"127.0.0.1:{backends[1].port}") as raw:
+        report = orca.parse_report(next(raw.unary_stream(orca.OOB_METHOD)(orca.report_request(1), timeout=10)))
+        assert (report.rps_fractional, report.application_utilization) == (100, pytest.approx(0.6))
+    cfg = {"loadBalancingConfig": [{"weighted_round_robin": {
+        "enableOobLoadReport": True, "oobReportingPeriod": "1s", "blackoutPeriod": "0s",
+        "weightUpdatePeriod": "0.1s"}}]}
+    target = "static:///" + ",".join(f"127.0.0.1:{b.port}" for b in backends)
+    try:
+        with discovery.insecure_channel(target, service_config=cfg) as ch:
+            wait_ready(ch, 2)
+            wait_for(lambda: type(ch._core.picker).__name__ == "EdfPicker", 10, message="ORCA weights in use")
+            stub = pb2_grpc.OrderServiceStub(ch)
+            served = [stub.CreateOrder(_create_request(), timeout=RPC_TIMEOUT).served_by for _ in range(400)]
+        check_distribution([served.count("light"), served.count("busy")], [3, 1])  # 100/0.2 : 100/0.6
+    finally:
+        for backend in backends:
+            shutdown(backend.server, backend.health, grace=0)
+        discovery.unregister_balancer("weighted_round_robin")

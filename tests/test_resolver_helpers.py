@@ -8,7 +8,6 @@ every delay below is read from the clock, never guessed, and no test sleeps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import logging
 import math
@@ -24,8 +23,9 @@ import pytest
 from discovery.address import Address, ResolverState
 from discovery.clock import Backoff
 from discovery.errors import ConfigError, ResolverError
-from discovery.resolver import PollingResolver, Resolver, WatchContext, WatchResolver
+from discovery.resolver import PollingResolver, Resolver, WatchContext, WatchResolver, shutdown_socket
 from discovery.testing import FakeClock, RecordingListener, addresses, wait_for
+from discovery.testing.servers import SilentServer
 
 A = ResolverState(addresses("127.0.0.1:5001"))
 B = ResolverState(addresses("127.0.0.1:5001", "127.0.0.1:5002"))
@@ -139,8 +139,9 @@ def test_watch_rejects_bad_arguments_with_a_config_error(
     with pytest.raises(ConfigError) as info:
         WatchResolver(listener, lambda ctx: None, name="ok", **kwargs)
     assert info.value.key_path == key
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         WatchResolver(listener, "not callable", name="ok")  # type: ignore[arg-type]
+    assert info.value.key_path == "watch"
 
 
 # -- PollingResolver --------------------------------------------------------------------------
@@ -538,64 +539,10 @@ def test_async_watch_errors_are_retried_on_the_same_loop(
 # -- close() and a real pending long poll -----------------------------------------------------
 
 
-class SilentHttpServer:
-    """A loopback TCP server that reads requests and never answers, like a long poll with no news."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.requests: list[bytes] = []
-        self.got_request = threading.Event()
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._conns.append(conn)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            if data:
-                self.requests.append(data)
-                self.got_request.set()
-
-    def stop(self) -> None:
-        # shutdown() wakes the blocked accept(); close() alone would not.
-        for s in [self.sock, *self._conns]:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-        self._thread.join(5)
-
-
 @pytest.fixture
-def silent_server() -> Iterator[SilentHttpServer]:
-    server = SilentHttpServer()
-    yield server
-    server.stop()
-
-
-def _abort(conn: http.client.HTTPConnection) -> None:
-    """Wake a thread blocked reading from ``conn`` by shutting its socket down.
-
-    Closing alone does not wake a recv() blocked in another thread (and the
-    response's file object keeps the descriptor open); shutdown() does. The
-    watch closes the connection itself when the read fails.
-    """
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+def silent_server() -> Iterator[SilentServer]:
+    with SilentServer() as server:
+        yield server
 
 
 def in_call(thread_name: str, function: str) -> bool:
@@ -612,13 +559,13 @@ def in_call(thread_name: str, function: str) -> bool:
 
 
 def test_close_interrupts_a_pending_long_poll(
-        clock: FakeClock, listener: RecordingListener, built: list[Any], silent_server: SilentHttpServer) -> None:
+        clock: FakeClock, listener: RecordingListener, built: list[Any], silent_server: SilentServer) -> None:
     outcomes: list[str] = []
 
     def watch(ctx: WatchContext) -> None:
         ctx.publish(A)
         conn = http.client.HTTPConnection("127.0.0.1", silent_server.port, timeout=60)
-        unregister = ctx.on_interrupt(lambda: _abort(conn))
+        unregister = ctx.on_interrupt(lambda: shutdown_socket(conn.sock))
         try:
             if ctx.stopped:
                 return
@@ -634,8 +581,8 @@ def test_close_interrupts_a_pending_long_poll(
             conn.close()
 
     r = watching(built, listener, watch, clock)
-    assert silent_server.got_request.wait(5)
-    assert silent_server.requests[0].startswith(b"GET /v1/health/service/orders?index=42&wait=600s ")
+    assert silent_server.received.wait(5)
+    assert silent_server.data[0].startswith(b"GET /v1/health/service/orders?index=42&wait=600s ")
     listener.wait_for_count(states=1)
     # The watch thread is blocked reading the response.
     wait_for(lambda: in_call("discovery-resolver test", "readinto"), message="watch blocked in the GET")
@@ -648,7 +595,7 @@ def test_close_interrupts_a_pending_long_poll(
 
 
 def test_async_watch_on_a_real_socket_is_cancelled_by_close(
-        clock: FakeClock, listener: RecordingListener, built: list[Any], silent_server: SilentHttpServer) -> None:
+        clock: FakeClock, listener: RecordingListener, built: list[Any], silent_server: SilentServer) -> None:
     async def watch(ctx: WatchContext) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", silent_server.port)
         try:
@@ -660,7 +607,7 @@ def test_async_watch_on_a_real_socket_is_cancelled_by_close(
             writer.close()
 
     r = watching(built, listener, watch, clock)
-    assert silent_server.got_request.wait(5)
+    assert silent_server.received.wait(5)
     t0 = time.monotonic()
     r.close()
     assert time.monotonic() - t0 < 0.5
@@ -824,3 +771,51 @@ def test_fake_clock_wait_for_blocked_sees_only_settled_waiters() -> None:
     assert results == [True]
     with pytest.raises(ValueError):
         clock.advance(-1)
+
+
+def test_silent_server_takes_requests_on_tcp_and_udp_and_never_answers() -> None:
+    with SilentServer() as server:
+        tcp = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        tcp.sendall(b"GET /v1/kv?index=3 HTTP/1.1\r\n\r\n")
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.sendto(b"\x12\x34query", ("127.0.0.1", server.port))
+        wait_for(lambda: len(server.data) == 2 and all(server.data), message="both requests recorded")
+        assert set(server.data) == {b"GET /v1/kv?index=3 HTTP/1.1\r\n\r\n", b"\x12\x34query"}
+        assert server.connections == 1 and server.address == f"127.0.0.1:{server.port}"
+        udp.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            udp.recvfrom(100)  # no answer
+    # stop() closes the pending connection: the client sees end of file instead of waiting forever.
+    assert tcp.recv(100) == b""
+    tcp.close()
+    udp.close()
+
+
+def test_shutdown_socket_accepts_none_and_closed_sockets() -> None:
+    shutdown_socket(None)
+    s = socket.socket()
+    shutdown_socket(s)  # never connected: ENOTCONN is swallowed
+    s.close()
+    shutdown_socket(s)  # closed: EBADF is swallowed
+
+
+def test_resolve_now_does_not_wait_for_a_listener_call_in_progress(clock: FakeClock, built: list[Any]) -> None:
+    entered = threading.Event()
+    release = threading.Event()
+
+    class SlowListener(RecordingListener):
+        def update_state(self, state: ResolverState) -> None:
+            entered.set()
+            release.wait(10)
+            super().update_state(state)
+
+    listener = SlowListener()
+    lookup = Script(A, B)
+    r = polling(built, listener, lookup, clock, interval=300.0, min_interval=0.0)
+    assert entered.wait(5)
+    t0 = time.monotonic()
+    r.resolve_now()
+    assert time.monotonic() - t0 < 0.5
+    release.set()
+    listener.wait_for_count(states=2)  # the request was kept: a second lookup ran at once
+    assert lookup.calls == 2

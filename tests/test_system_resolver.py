@@ -282,7 +282,7 @@ def test_bad_options_name_the_key(config: dict[str, Any], message: str) -> None:
     ("target", "message"),
     [("dns://8.8.8.8/orders:1", "needs the DNS plugin"),
      ("dns:///orders:1?x=1", "takes no query parameters"),
-     ("dns:///or ders:1", "not a valid host name"),
+     ("dns:///or ders:1", "whitespace or a control character"),
      ("dns:///orders:99999", "port must be a number"),
      ("dns:///" + "a" * 64 + ".test:1", "not a valid host name")],
 )

@@ -84,3 +84,15 @@ def test_config_file_tls_section(pki: dict[str, bytes], tls_backends: list[Backe
                    f'tls = {{ ca_file = "{tmp_path / "ca.pem"}", server_name = "orders.test" }}\n')
     with discovery.channel_from_config("orders", cfg) as ch:
         assert EchoStub(ch).Unary(b"", timeout=10) == tls_backends[0].name.encode()
+
+
+def test_config_file_tls_paths_are_relative_to_the_file(pki: dict[str, bytes], tls_backends: list[BackendServer],
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "ca.pem").write_bytes(pki["ca.pem"])
+    (conf / "d.toml").write_text(f'[services.orders]\ntarget = "static:///{tls_backends[0].addr}"\n'
+                                 'tls = { ca_file = "ca.pem", server_name = "orders.test" }\n')
+    monkeypatch.chdir(tmp_path)  # not the config file's folder: ./ca.pem does not exist here
+    with discovery.channel_from_config("orders", "conf/d.toml") as ch:
+        assert EchoStub(ch).Unary(b"", timeout=10) == tls_backends[0].name.encode()

@@ -8,8 +8,10 @@ a :class:`Picker`, an immutable snapshot the data plane calls once per RPC.
 
 ``Picker.pick`` never blocks and takes no lock. It returns a
 :class:`PickResult`: the backend, plus an optional ``done`` callback the data
-plane calls exactly once per attempt that went to that backend, with a
-:class:`DoneInfo` (status code, latency, trailing metadata). This is how
+plane calls exactly once per pick it obtained, with a :class:`DoneInfo`
+(status code, latency, trailing metadata; :data:`NOT_ATTEMPTED` for a pick
+it did not use). A picker may also raise :class:`Drop` to fail the RPC at
+once without any backend. This is how
 policies learn about individual RPCs (grpc-go's ``PickResult.Done``): a
 policy that gives no ``done`` pays nothing for it.
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_FAILURE_CODES",
+    "NOT_ATTEMPTED",
     "Balancer",
     "BalancerBuilder",
     "BalancerHelper",
@@ -47,11 +50,13 @@ __all__ = [
     "Cancellable",
     "DelegatingHelper",
     "DoneInfo",
+    "Drop",
     "ErrorPicker",
     "Metadata",
     "PickResult",
     "Picker",
     "QueuePicker",
+    "StreamHandle",
     "SubConn",
     "SubConnView",
     "aggregate_state",
@@ -118,21 +123,50 @@ class DoneInfo:
 
     ``code`` is the attempt's status (OK on success). ``latency`` is seconds
     from the pick to the attempt's end. ``trailing_metadata`` is a tuple of
-    (key, value), empty when the call shape cannot see it.
+    (key, value), empty when the call shape cannot see it. ``attempted`` is
+    False for a pick the channel did not use (see :data:`NOT_ATTEMPTED`).
     """
 
     code: grpc.StatusCode
     latency: float
     trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
+    attempted: bool = True
+
+
+# What ``done`` gets for a pick the channel obtained but never sent an attempt
+# with: a re-pick that avoided an already tried backend, a backend closed
+# under the RPC, a parent policy that discarded its child's pick. Like
+# grpc-go's Done with an empty DoneInfo: a policy that reserved something at
+# pick time (an in-flight slot) releases it, and records no outcome.
+NOT_ATTEMPTED = DoneInfo(grpc.StatusCode.CANCELLED, 0.0, (), attempted=False)
+
+
+class Drop(Exception):
+    """Raised by :meth:`Picker.pick` to fail this RPC at once, without any backend.
+
+    grpc-go's drop error: the RPC fails with ``code`` (UNAVAILABLE by
+    default) and ``details``, even a ``wait_for_ready`` one, and is neither
+    retried nor re-picked. No ``done`` is called, since no backend was
+    involved, so a drop never counts against a backend (outlier detection).
+    A parent policy's picker lets it propagate. Used by ``circuit_breaker``.
+    """
+
+    def __init__(self, details: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        super().__init__(details)
+        self.details = details
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
 class PickResult:
     """A picker's answer: the backend, and what to call when the attempt ends.
 
-    ``done`` is called exactly once per attempt sent to ``subconn``, on any
-    thread, after the attempt has ended; it must not block or raise (an
-    exception is logged and dropped).
+    ``done`` is called exactly once for every pick the channel obtains, on
+    any thread: after the attempt sent to ``subconn`` has ended, or with
+    :data:`NOT_ATTEMPTED` when the channel did not use the pick. So a policy
+    may reserve something when it picks (an in-flight slot) and release it
+    in ``done``. It must not block or raise (an exception is logged and
+    dropped).
     """
 
     subconn: SubConn
@@ -155,7 +189,24 @@ class Picker(abc.ABC):
 
     @abc.abstractmethod
     def pick(self, method: str, metadata: Metadata | None) -> PickResult | None:
-        """Pick a backend for ``method``. Never blocks, takes no lock."""
+        """Pick a backend for ``method``; may raise :class:`Drop`.
+
+        Never blocks. Takes no lock, except a lock held for a few instructions
+        where a policy must count atomically (Python has no atomic integers):
+        least_request and peak_ewma count in-flight RPCs, circuit_breaker
+        reserves its slots.
+        """
+
+    def why_none(self, method: str, metadata: Metadata | None) -> tuple[bool, str]:
+        """``(queue, reason)`` for an RPC ``pick`` just found nothing for.
+
+        The default is the picker's own :attr:`queue` and :attr:`reason`. A
+        picker that routes by request (a subset per header value, a tier per
+        pick) overrides it, so that an RPC waits or fails by the state of the
+        part it was routed to and its UNAVAILABLE says what it asked for. A
+        picker that wraps another forwards this call. Never blocks.
+        """
+        return self.queue, self.reason
 
 
 class QueuePicker(Picker):
@@ -190,6 +241,12 @@ class Cancellable(Protocol):
     def cancel(self) -> None: ...
 
 
+class StreamHandle(Protocol):
+    """A stream opened by :meth:`BalancerHelper.open_stream`; ``cancel()`` ends it (any thread)."""
+
+    def cancel(self) -> None: ...
+
+
 class BalancerHelper(Protocol):
     """What the channel offers a balancer. Call only from the control thread."""
 
@@ -219,6 +276,20 @@ class BalancerHelper(Protocol):
         """Tell the channel a policy took ``subconn`` out of (or back into) rotation.
 
         Shown as ``ejected`` in :meth:`discovery.Channel.backends`; nothing else.
+        """
+        ...
+
+    def open_stream(self, subconn: SubConn, method: str, request: bytes,
+                    on_message: Callable[[bytes], None],
+                    on_end: Callable[[grpc.StatusCode, str], None]) -> StreamHandle:
+        """Start a server-streaming RPC ``method`` to ``subconn``'s backend alone.
+
+        For a policy's own out-of-band traffic (ORCA load reports): it goes
+        to that backend (not through the picker), is not an RPC of the
+        channel (no ``done``, no in-flight count) and uses no thread of its
+        own. ``request`` and the messages are serialized bytes. ``on_message``
+        and then ``on_end(code, details)`` (once) run on the control thread;
+        after ``cancel()`` neither is called any more. Never blocks.
         """
         ...
 
@@ -306,6 +377,11 @@ class DelegatingHelper:
 
     def report_ejection(self, subconn: SubConn, ejected: bool) -> None:
         self.parent.report_ejection(subconn, ejected)
+
+    def open_stream(self, subconn: SubConn, method: str, request: bytes,
+                    on_message: Callable[[bytes], None],
+                    on_end: Callable[[grpc.StatusCode, str], None]) -> StreamHandle:
+        return self.parent.open_stream(subconn, method, request, on_message, on_end)
 
 
 class SubConnView:

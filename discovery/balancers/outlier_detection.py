@@ -53,7 +53,7 @@ from ..errors import ConfigError
 
 __all__ = ["OutlierDetectionBuilder", "OutlierDetectionConfig"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("discovery.balancer.outlier_detection")
 
 _CANCELLED = grpc.StatusCode.CANCELLED
 
@@ -156,11 +156,15 @@ class _Picker(Picker):
         inner = r.done
 
         def done(info: DoneInfo) -> None:
-            od.record(st, record, info)
+            if info.attempted:  # a pick the channel did not use says nothing about the backend
+                od.record(st, record, info)
             if inner is not None:
                 inner(info)
 
         return PickResult(r.subconn, done)
+
+    def why_none(self, method: str, metadata: Metadata | None) -> tuple[bool, str]:
+        return self._child.why_none(method, metadata)
 
 
 class _ChildHelper(DelegatingHelper):
@@ -354,9 +358,9 @@ class OutlierDetectionBuilder(BalancerBuilder):
         codes = d.failure_codes
         if "failureStatusCodes" in raw:
             codes = parse_codes(raw["failureStatusCodes"], f"{key_path}.failureStatusCodes")
-        interval = parse_duration(raw.get("interval", "10s"), key_path=f"{key_path}.interval")
-        if interval <= 0:
-            raise ConfigError("interval must be > 0", key_path=f"{key_path}.interval")
+        # A floor of 10 ms: "0.000000001s" would run the ejection sweep
+        # continuously and burn a core; no real interval is that short.
+        interval = parse_duration(raw.get("interval", "10s"), key_path=f"{key_path}.interval", minimum=0.01)
         return OutlierDetectionConfig(
             interval=interval,
             base_ejection=parse_duration(raw.get("baseEjectionTime", "30s"), key_path=f"{key_path}.baseEjectionTime"),

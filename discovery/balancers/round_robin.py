@@ -8,6 +8,11 @@ every connected backend, outlier-ejected ones included; ``fail`` fails RPCs
 fast with an error saying so (Envoy's ``fail_traffic_on_panic``). Backends
 failing their health check are never picked: grpcio's core refuses RPCs to
 them.
+
+``slowStart = {window, aggression, minWeightPercent}`` (Envoy's
+slow_start_config, see :mod:`discovery.balancer.weights`): a backend that
+becomes usable after the first picker gets a growing share of the rotation
+over ``window`` (default ``"30s"``) instead of its full share at once.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import grpc
 
 from ..balancer import Balancer, BalancerBuilder, BalancerHelper, ErrorPicker, Metadata, Picker, PickResult, SubConn
 from ..balancer.base import BaseBalancer, PickerInfo
+from ..balancer.weights import EdfPicker, SlowStart, SlowStartBalancer
 from ..errors import ConfigError
 
-__all__ = ["Panic", "RoundRobinBuilder", "RoundRobinPicker", "select_with_panic"]
+__all__ = ["Panic", "RoundRobinBuilder", "RoundRobinConfig", "RoundRobinPicker", "select_with_panic"]
 
 _C = grpc.ChannelConnectivity
 
@@ -86,13 +92,18 @@ class RoundRobinPicker(Picker):
 
 
 class _Builder:
-    """round_robin's picker builder: keeps its picker while the chosen backends stay the same."""
+    """round_robin's picker builder: keeps its picker while the chosen backends stay the same.
 
-    __slots__ = ("_last", "_panic")
+    While a backend ramps up (slow start) the picker is an EDF one over the
+    slow-start weights, rebuilt as they grow.
+    """
+
+    __slots__ = ("_last", "_panic", "balancer")
 
     def __init__(self, panic: Panic) -> None:
         self._panic = panic
         self._last: tuple[tuple[SubConn, ...], Picker] | None = None
+        self.balancer: SlowStartBalancer | None = None
 
     def __call__(self, info: PickerInfo) -> Picker | None:
         chosen, why = select_with_panic(info, self._panic)
@@ -101,21 +112,40 @@ class _Builder:
             # Panic "fail" says so; with nothing connected at all, panic changes
             # nothing and the base explains the backends' states instead.
             return ErrorPicker(why) if why and self._panic.mode == "fail" else None
+        ramp = None if self.balancer is None else self.balancer.ramp
+        if ramp is not None and ramp.ramping:
+            factors = [ramp.factor(sc.addr) for sc in chosen]
+            if min(factors) < 1.0:
+                self._last = None
+                return EdfPicker([PickResult(sc) for sc in chosen], factors)
         key = tuple(chosen)
         if self._last is None or self._last[0] != key:
             self._last = (key, RoundRobinPicker(key))
         return self._last[1]
 
 
+@dataclass(frozen=True, slots=True)
+class RoundRobinConfig:
+    panic: Panic = Panic()
+    slow_start: SlowStart | None = None
+
+
 class RoundRobinBuilder(BalancerBuilder):
     name: ClassVar[str] = "round_robin"
 
-    def parse_config(self, config: Mapping[str, Any], *, key_path: str) -> Panic:
-        unknown = set(config) - {"panicThreshold", "panicMode"}
+    def parse_config(self, config: Mapping[str, Any], *, key_path: str) -> RoundRobinConfig:
+        unknown = set(config) - {"panicThreshold", "panicMode", "slowStart"}
         if unknown:
             raise ConfigError(f"unknown option(s) {sorted(map(str, unknown))} for round_robin; "
-                              "expected panicThreshold, panicMode", key_path=key_path)
-        return Panic.parse(config, key_path)
+                              "expected panicThreshold, panicMode, slowStart", key_path=key_path)
+        slow = SlowStart.parse(config["slowStart"], f"{key_path}.slowStart") if "slowStart" in config else None
+        return RoundRobinConfig(Panic.parse(config, key_path), slow)
 
     def build(self, helper: BalancerHelper, config: Any) -> Balancer:
-        return BaseBalancer(helper, _Builder(config if isinstance(config, Panic) else Panic()))
+        cfg = config if isinstance(config, RoundRobinConfig) else RoundRobinConfig()
+        builder = _Builder(cfg.panic)
+        if cfg.slow_start is None:
+            return BaseBalancer(helper, builder)
+        bal = SlowStartBalancer(helper, builder, cfg.slow_start)
+        builder.balancer = bal
+        return bal

@@ -26,10 +26,10 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # in grpc.aio, not in it
 from .._calls import LocalRpcError
 from .._grpc_compat import AIO_WRITE_RACE_DETAILS, aio_status_now
 from ..attempts import Attempts, effective_deadline
-from ..balancer import Metadata, PickResult
+from ..balancer import Drop, Metadata, PickResult
 from ..methodconfig import MethodConfig
 from .blocking import wait_for_ready_of
-from .books import end_attempt
+from .books import begin_attempt, end_attempt, unused
 
 if TYPE_CHECKING:
     from .._futures import AioTwin
@@ -67,10 +67,14 @@ def aio_error(exc: LocalRpcError) -> grpc.aio.AioRpcError:
 
 
 class _Ctx:
-    """What every attempt of one call shares."""
+    """What every attempt of one call shares.
 
-    __slots__ = ("arg", "att", "compression", "core", "credentials", "deadline", "ended", "key", "metadata",
-                 "method", "twin_of", "wfr")
+    The :class:`Attempts` value is made on first use (a policy, or a failed
+    attempt): the common RPC with no method config never builds one.
+    """
+
+    __slots__ = ("_att", "arg", "compression", "core", "credentials", "deadline", "ended", "key", "mc", "metadata",
+                 "method", "replay", "tried", "twin_of", "wfr")
 
     def __init__(self, core: ChannelCore, key: CallableKey, method: str, arg: Any, timeout: float | None,
                  metadata: Metadata | None, credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
@@ -83,66 +87,110 @@ class _Ctx:
         self.credentials = credentials
         self.compression = compression
         self.twin_of = twin_of
-        self.deadline = effective_deadline(timeout, mc, time.monotonic())
-        self.wfr = wait_for_ready_of(wait_for_ready, mc)
-        self.att = Attempts(mc, core.throttle, self.deadline, self.wfr, len(core.manager.backends) + 1)
-        # How each attempt of a request-streaming call ended, as its books saw it (by id of the call).
-        self.ended: dict[int, Status] = {}
+        self.mc = mc
+        self.deadline = None if timeout is None and mc is None else effective_deadline(timeout, mc, time.monotonic())
+        self.wfr = wait_for_ready if mc is None else wait_for_ready_of(wait_for_ready, mc)
+        self.tried: list[Any] = []
+        self.replay = True
+        # How each attempt of a request-streaming call ended, as its books saw it (by id of the
+        # grpc.aio call); made for request streams only.
+        self.ended: dict[int, Status] | None = None
+        self._att: Attempts | None = None
+        if mc is not None and (mc.retry is not None or mc.hedging is not None):
+            self._att = self._new_attempts()
+
+    def _new_attempts(self) -> Attempts:
+        att = Attempts(self.mc, self.core.throttle, self.deadline, self.wfr, len(self.core.manager.backends) + 1)
+        att.tried = self.tried
+        return att if self.replay else att.no_replay()
+
+    def no_replay(self) -> None:
+        """A request stream: never replayed, so no retry or hedging policy applies to it.
+
+        Hedging it would hand one iterator to several attempts (each getting part of
+        the messages); retrying it would resend a partly consumed one.
+        """
+        self.replay = False
+        self.ended = {}
+        if self._att is not None:
+            self._att.no_replay()
+
+    @property
+    def att(self) -> Attempts:
+        if self._att is None:
+            self._att = self._new_attempts()
+        return self._att
+
+    @property
+    def hedged(self) -> bool:
+        return self._att is not None and self._att.hedging is not None
 
     def pick_now(self) -> PickResult | None:
-        if self.core.closed:
+        """A pick without waiting, or None (a picker's drop then surfaces from :meth:`pick`)."""
+        core = self.core
+        if core.closed:
             return None
-        return self.core.pick_avoiding(self.method, self.metadata, self.att.tried)
+        try:
+            if not self.tried:
+                return core.picker.pick(self.method, self.metadata)
+            return core.pick_avoiding(self.method, self.metadata, self.tried)
+        except (Drop, LocalRpcError):
+            return None
 
     async def pick(self) -> PickResult:
         r = self.pick_now()
         if r is None:
-            r = await self.core.wait_pick_async(self.method, self.metadata, self.deadline, self.wfr, self.att.tried)
+            r = await self.core.wait_pick_async(self.method, self.metadata, self.deadline, self.wfr, self.tried)
         return r
 
     def start(self, pr: PickResult) -> Any | None:
         """Begin and start one attempt on ``pr``; None if its backend closed under us."""
         b = pr.subconn.backend
-        self.att.tried.append(b)
-        if not b.begin():
+        started = begin_attempt(self.core, pr, self.method, self._att)
+        self.tried.append(b)
+        if not started:
+            unused(pr)
             return None
         t0 = time.perf_counter()
+        if self._att is not None:
+            timeout = self._att.attempt_timeout()
+        else:
+            timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
         try:
             mcall = self.twin_of(b).callable(self.key)
-            call = mcall(self.arg, timeout=self.att.attempt_timeout(), metadata=self.metadata,
+            call = mcall(self.arg, timeout=timeout, metadata=self.metadata,
                          credentials=self.credentials, wait_for_ready=False, compression=self.compression)
         except BaseException:
             b.end()
+            unused(pr)
             raise
-        core = self.core
-        request_stream = self.key[0] in ("stream_unary", "stream_stream")
-        loop = asyncio.get_running_loop()
+        core, method, ended = self.core, self.method, self.ended
 
         def close(c: Any, code: grpc.StatusCode, details: str | None, trailing: Any) -> None:
-            if request_stream:
-                self.ended[id(c)] = (code, details, trailing)
-            end_attempt(core, pr, t0, code, details, trailing)
+            if ended is not None:
+                ended[id(c)] = (code, details, trailing)
+            end_attempt(core, pr, t0, code, details, trailing, method)
+
+        def books(c: Any) -> None:
+            # The call is done, so its getters finish without suspending.
+            if c.cancelled():
+                end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
+                return
+            code = now(c.code())
+            details = None if code is _OK else now(c.details())
+            if ended is not None and code is _INTERNAL and details == AIO_WRITE_RACE_DETAILS:
+                # grpc.aio's failed write ended the call early: the server's status is on its way.
+                after_write_race(c, 0)
+                return
+            trailing = now(c.trailing_metadata()) if (code is not _OK or pr.done is not None) else ()
+            close(c, code, details, trailing)
 
         def after_write_race(c: Any, checks: int) -> None:
             status = aio_status_now(c)
             if (status is not None and status[1] != AIO_WRITE_RACE_DETAILS) or checks >= _RACE_CHECKS:
                 close(c, *(status or (_INTERNAL, AIO_WRITE_RACE_DETAILS, ())))
             else:
-                loop.call_later(0.001, after_write_race, c, checks + 1)
-
-        def books(c: Any) -> None:
-            # The call is done, so its getters finish without suspending.
-            if c.cancelled():
-                end_attempt(core, pr, t0, _CANCELLED, "cancelled")
-                return
-            code = now(c.code())
-            details = None if code is _OK else now(c.details())
-            if request_stream and code is _INTERNAL and details == AIO_WRITE_RACE_DETAILS:
-                # grpc.aio's failed write ended the call early: the server's status is on its way.
-                after_write_race(c, 0)
-                return
-            trailing = now(c.trailing_metadata()) if (code is not _OK or pr.done is not None) else ()
-            close(c, code, details, trailing)
+                asyncio.get_running_loop().call_later(0.001, after_write_race, c, checks + 1)
 
         call.add_done_callback(books)
         return call
@@ -158,7 +206,7 @@ class _Ctx:
 
     def real_status(self, call: Any, code: grpc.StatusCode, details: str | None) -> Status | None:
         """The status the books saw for ``call``, if what the call says now is the write race's."""
-        if code is not _INTERNAL or details != AIO_WRITE_RACE_DETAILS:
+        if code is not _INTERNAL or details != AIO_WRITE_RACE_DETAILS or self.ended is None:
             return None
         real = self.ended.get(id(call))
         return None if real is None or real[1] == AIO_WRITE_RACE_DETAILS else real
@@ -180,10 +228,7 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         self._ctx = ctx
         self._replayable = replayable
         if not replayable:
-            # A request stream is never replayed: hedging it would hand one iterator to
-            # several attempts (each getting part of the messages), retrying it would
-            # resend a partly consumed one.
-            ctx.att.no_replay()
+            ctx.no_replay()
         self._call: Any = None  # the current (at the end: the deciding) attempt
         self._error: grpc.aio.AioRpcError | None = None
         self._response: Any = None
@@ -200,11 +245,26 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
 
     async def _run(self) -> None:
         ctx = self._ctx
-        att = ctx.att
         try:
-            if att.hedging is not None:
+            if ctx.hedged:
                 await self._hedged()
                 return
+            if self._call is not None and ctx._att is None:
+                # The common case: no policy and the first attempt already
+                # started. Only if it fails is an Attempts value made.
+                try:
+                    self._response = await self._call
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if not self._replayable:
+                        raise ctx.real_error(self._call, exc) from None
+                    delay = ctx.att.after_failure(exc.code(), exc.details(), exc.trailing_metadata())
+                    if delay is None:
+                        raise
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    self._call = None
+            att = ctx.att
             while True:
                 if self._call is None:
                     pr = await ctx.pick()
@@ -255,9 +315,13 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         async def launch() -> None:
             nonlocal started
             pr = ctx.pick_now()
+            if pr is not None and started and pr.subconn.backend in ctx.tried and attempts:
+                # No backend left that no copy went to: the running ones go on.
+                unused(pr)
+                return
             if pr is None:
                 if attempts:
-                    return  # nothing else to try now; the running ones go on
+                    return  # nothing pickable now; the running ones go on
                 # Nothing in flight: wait for a backend as a first attempt would
                 # (or fail fast), rather than spin until the deadline.
                 pr = await ctx.pick()
@@ -348,14 +412,20 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
             return
         if not self._running:
             self._running = True
-            self._outcome = asyncio.get_running_loop().create_future()
             await self._run()
             return
-        assert self._outcome is not None
+        # A second awaiter while the first drives the attempts.
+        if self._outcome is None:
+            self._outcome = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._outcome)
 
     def __await__(self) -> Generator[Any, None, Any]:
-        yield from self._wait().__await__()
+        if not self._running and not self._done:
+            # The first awaiter drives the attempts itself: one frame less per step.
+            self._running = True
+            yield from self._run().__await__()
+        else:
+            yield from self._wait().__await__()
         if self._cancelled:
             raise asyncio.CancelledError()
         if self._error is not None:
@@ -416,7 +486,8 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         return self._done
 
     def time_remaining(self) -> float | None:
-        return self._ctx.att.remaining()
+        d = self._ctx.deadline
+        return None if d is None else max(0.0, d - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._done:
@@ -440,7 +511,7 @@ class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCal
         self._ctx = ctx
         self._replayable = replayable
         if not replayable:
-            ctx.att.no_replay()  # as in AioUnaryCall
+            ctx.no_replay()
         self._call: Any = None
         self._committed = not replayable
         self._ready: asyncio.Future[Any] | None = None
@@ -528,7 +599,7 @@ class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCal
             return getattr(exc, name)()
         except asyncio.CancelledError:
             return {"code": _CANCELLED, "details": "Locally cancelled by application!"}.get(name)
-        if name != "initial_metadata":
+        if name != "initial_metadata" and self._ctx.ended is not None:
             real = self._ctx.real_status(call, await call.code(), await call.details())
             if real is not None:  # grpc.aio's write race overwrote the server's status
                 code, details, trailing = real
@@ -561,7 +632,8 @@ class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCal
         return self._error is not None or (self._call is not None and bool(self._call.done()))
 
     def time_remaining(self) -> float | None:
-        return self._ctx.att.remaining()
+        d = self._ctx.deadline
+        return None if d is None else max(0.0, d - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._call is not None:

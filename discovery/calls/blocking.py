@@ -17,9 +17,9 @@ import grpc
 
 from .._calls import LocalRpcError, ReplayableStream
 from ..attempts import Attempts, effective_deadline
-from ..balancer import Metadata, PickResult
+from ..balancer import Drop, Metadata, PickResult
 from ..methodconfig import MethodConfig
-from .books import end_attempt
+from .books import begin_attempt, dropped, end_attempt, unused
 
 if TYPE_CHECKING:
     from ..backend import CallableKey
@@ -47,8 +47,13 @@ def _new_attempts(core: ChannelCore, mc: MethodConfig | None, deadline: float | 
 def _pick(core: ChannelCore, method: str, metadata: Metadata | None, att: Attempts | None,
           deadline: float | None, wfr: bool | None) -> PickResult:
     tried = None if att is None else att.tried
-    r = core.picker.pick(method, metadata) if not tried else core.pick_avoiding(method, metadata, tried)
+    try:
+        r = core.picker.pick(method, metadata) if not tried else core.pick_avoiding(method, metadata, tried)
+    except Drop as drop:
+        raise dropped(drop) from None
     if r is None or core.closed:
+        if r is not None:
+            unused(r)
         r = core.wait_pick(method, metadata, deadline, wfr, tried)
     return r
 
@@ -67,8 +72,9 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
     while True:
         pr = _pick(core, method, metadata, att, deadline, wfr)
         b = pr.subconn.backend
-        if not b.begin():
+        if not begin_attempt(core, pr, method, att):
             # Closed under us by an address-set change: never sent, re-pick.
+            unused(pr)
             att = att or _new_attempts(core, mc, deadline, wfr, replayable)
             att.tried.append(b)
             if att.after_failure(_UNAVAILABLE, None, refused=True) is None:
@@ -93,7 +99,7 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details()
             trailing = exc.trailing_metadata()
-            end_attempt(core, pr, t0, code, details, trailing)
+            end_attempt(core, pr, t0, code, details, trailing, method)
             if not replayable:
                 # A request iterator may be partly consumed already: never replayed.
                 raise
@@ -105,7 +111,13 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
             if delay > 0:
                 threading.Event().wait(delay)
             continue
-        end_attempt(core, pr, t0, _OK, None, trailing)
+        except BaseException:
+            # Not an RPC outcome (a request that does not serialize, an
+            # interrupt): the books still close, as for an unsent attempt.
+            b.end()
+            unused(pr)
+            raise
+        end_attempt(core, pr, t0, _OK, None, trailing, method)
         if att is not None:
             att.succeeded()
         return result
@@ -150,9 +162,11 @@ def _start_one(core: ChannelCore, key: CallableKey, method: str, arg: Any, metad
     while True:
         pr = _pick(core, method, metadata, att, deadline, wfr)
         b = pr.subconn.backend
+        started = begin_attempt(core, pr, method, att)
         att.tried.append(b)
-        if b.begin():
+        if started:
             break
+        unused(pr)
         if att.after_failure(_UNAVAILABLE, None, refused=True) is None:
             raise LocalRpcError(_UNAVAILABLE, core.explain(core.picker))
     mcall = b.callables.get(key) or b.callable(key)
@@ -161,16 +175,17 @@ def _start_one(core: ChannelCore, key: CallableKey, method: str, arg: Any, metad
         call = mcall(arg, att.attempt_timeout(), metadata, credentials, False, compression)
     except BaseException:
         b.end()
+        unused(pr)
         raise
-    call.add_done_callback(_closer(core, pr, t0))
+    call.add_done_callback(_closer(core, pr, t0, method))
     return call
 
 
-def _closer(core: ChannelCore, pr: PickResult, t0: float) -> Callable[[Any], None]:
+def _closer(core: ChannelCore, pr: PickResult, t0: float, method: str) -> Callable[[Any], None]:
     def done(call: Any) -> None:
         code = call.code()
         if code is _OK:
-            end_attempt(core, pr, t0, _OK, None, call.trailing_metadata() if pr.done is not None else ())
+            end_attempt(core, pr, t0, _OK, None, call.trailing_metadata() if pr.done is not None else (), method)
         else:
-            end_attempt(core, pr, t0, code, call.details(), call.trailing_metadata())
+            end_attempt(core, pr, t0, code, call.details(), call.trailing_metadata(), method)
     return done

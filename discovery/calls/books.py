@@ -14,16 +14,32 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ..balancer import DoneInfo, PickResult
+from .._calls import LocalRpcError
+from ..balancer import NOT_ATTEMPTED, DoneInfo, Drop, PickResult
 
 if TYPE_CHECKING:
+    from ..attempts import Attempts
     from ..core import ChannelCore
+    from ..observe import Observer
 
-__all__ = ["end_attempt", "metadata_tuple"]
+__all__ = ["begin_attempt", "dropped", "end_attempt", "metadata_tuple", "set_observer", "unused"]
 
 log = logging.getLogger("discovery.channel")
 
 _OK = grpc.StatusCode.OK
+
+# -- observability hook (discovery.observe) ------------------------------------
+# The process-wide observer (metrics, tracing), or None. Read once per attempt
+# start and end: with nobody observing, that one global read is all the hot
+# path pays. Set only through discovery.observe.add_observer/remove_observer.
+_observer: Observer | None = None
+
+
+def set_observer(observer: Observer | None) -> None:
+    """Install the one observer every attempt reports to (see :mod:`discovery.observe`)."""
+    global _observer
+    _observer = observer
+# -- end of the observability hook -----------------------------------------------
 
 
 def metadata_tuple(md: Any) -> tuple[tuple[str, str | bytes], ...]:
@@ -35,16 +51,55 @@ def metadata_tuple(md: Any) -> tuple[tuple[str, str | bytes], ...]:
     return tuple((k, v) for k, v in md)
 
 
+def begin_attempt(core: ChannelCore, pr: PickResult, method: str, att: Attempts | None) -> bool:
+    """Count an attempt of ``method`` in flight on ``pr``'s backend; False if that backend is
+    already closed (the caller re-picks). Call before adding the backend to ``att.tried``."""
+    b = pr.subconn.backend
+    if not b.begin():
+        return False
+    obs = _observer
+    if obs is not None:
+        try:
+            obs.attempt_started(core, b, method, att)
+        except Exception:
+            log.exception("observer %r failed", obs, extra={"target": core.target, "backend": b.addr})
+    return True
+
+
 def end_attempt(core: ChannelCore, pr: PickResult, t0: float, code: grpc.StatusCode, details: str | None,
-                trailing: Any = ()) -> None:
-    """The attempt that ``pr`` started at ``t0`` (``time.perf_counter``) ended with ``code``."""
+                trailing: Any = (), method: str = "") -> None:
+    """The attempt of ``method`` that ``pr`` started at ``t0`` (``time.perf_counter``) ended with ``code``."""
     b = pr.subconn.backend
     b.end()
     if code is not _OK:
         core.attempt_failed(b, code, details)
     done = pr.done
+    obs = _observer
+    if done is None and obs is None:
+        return
+    info = DoneInfo(code, time.perf_counter() - t0, metadata_tuple(trailing))
     if done is not None:
         try:
-            done(DoneInfo(code, time.perf_counter() - t0, metadata_tuple(trailing)))
+            done(info)
+        except Exception:
+            log.exception("done callback of %r failed", pr, extra={"target": core.target, "backend": b.addr})
+    if obs is not None:
+        try:
+            obs.attempt_ended(core, b, method, info)
+        except Exception:
+            log.exception("observer %r failed", obs, extra={"target": core.target, "backend": b.addr})
+
+
+def unused(pr: PickResult) -> None:
+    """``pr`` was picked but no attempt was sent with it: its ``done`` gets :data:`NOT_ATTEMPTED`."""
+    done = pr.done
+    if done is not None:
+        try:
+            done(NOT_ATTEMPTED)
         except Exception:
             log.exception("done callback of %r failed", pr)
+
+
+def dropped(drop: Drop) -> LocalRpcError:
+    """The RPC's error for a picker's :class:`~discovery.balancer.Drop`: failed here, never sent."""
+    return LocalRpcError(drop.code, drop.details)

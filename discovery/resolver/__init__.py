@@ -29,6 +29,7 @@ __all__ = [
     "ResolverOptions",
     "WatchContext",
     "WatchResolver",
+    "shutdown_socket",
 ]
 
 
@@ -111,4 +112,4 @@ class ResolverBuilder(abc.ABC):
 
 
 # The helpers build on the interface above, so they are imported after it.
-from .helpers import PollingResolver, WatchContext, WatchResolver  # noqa: E402
+from .helpers import PollingResolver, WatchContext, WatchResolver, shutdown_socket  # noqa: E402

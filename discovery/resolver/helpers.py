@@ -28,7 +28,9 @@ Common rules:
 - Identical consecutive states are published once. After an error, the same
   state is published again so the channel learns the error is over.
 - Errors keep the last good set: they are reported to the listener, and
-  logged on the logger ``discovery.resolver.<name>`` once per change (an
+  logged on the logger ``discovery.resolver.<scheme>`` once per change, where
+  ``name`` is ``"<scheme>"`` or ``"<scheme>:<target>"`` (the target goes in each
+  record's ``extra`` as ``target``; an
   identical repeated error is not logged again). Anything a plugin raises is
   reported as a :class:`~discovery.errors.ResolverError` (others wrapped, the
   original as ``__cause__``); nothing a plugin raises ends the thread.
@@ -41,6 +43,7 @@ import contextlib
 import inspect
 import logging
 import math
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,7 +53,7 @@ from ..clock import SYSTEM_CLOCK, Backoff, Clock
 from ..errors import ConfigError, ResolverError
 from . import Resolver, ResolverListener
 
-__all__ = ["PollingResolver", "WatchContext", "WatchResolver", "default_backoff"]
+__all__ = ["PollingResolver", "WatchContext", "WatchResolver", "default_backoff", "shutdown_socket"]
 
 #: Used when an ``interval`` callable fails: the plain default of PollingResolver.
 _FALLBACK_INTERVAL = 30.0
@@ -59,6 +62,22 @@ _FALLBACK_INTERVAL = 30.0
 def default_backoff() -> Backoff:
     """The helpers' reconnect backoff: 1 s initial, x1.6, jitter 0.2, 30 s cap."""
     return Backoff(initial=1.0, multiplier=1.6, jitter=0.2, maximum=30.0)
+
+
+def shutdown_socket(sock: socket.socket | None) -> None:
+    """Wake every thread blocked reading or writing ``sock``: an interrupter for a pending request.
+
+    ``ctx.on_interrupt(lambda: shutdown_socket(conn.sock))`` aborts an
+    ``http.client`` long poll: its read ends at once (with an error the watch
+    may raise; after close() it is not reported). Closing a socket does not
+    wake a thread blocked on it, and a response object keeps the descriptor
+    open anyway; ``shutdown()`` does both jobs. Never raises; None and a
+    closed socket are fine. The owner still closes the socket.
+    """
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _check_name(name: object) -> str:
@@ -98,10 +117,10 @@ def _as_resolver_error(name: str, exc: BaseException) -> ResolverError:
 class _Helper(Resolver):
     """The thread, the stop flag, the listener guard and the event loop shared by both helpers."""
 
-    def __init__(self, listener: ResolverListener, fn: Callable[..., Any], *, name: str, clock: Clock,
-                 backoff: Backoff | None) -> None:
+    def __init__(self, listener: ResolverListener, fn: Callable[..., Any], fn_key: str, *, name: str,
+                 clock: Clock, backoff: Backoff | None) -> None:
         if not callable(fn):
-            raise ConfigError(f"expected a function, got {type(fn).__name__}", key_path="lookup/watch")
+            raise ConfigError(f"expected a function, got {type(fn).__name__}", key_path=fn_key)
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ConfigError(f"expected a discovery.clock.Backoff, got {type(backoff).__name__}",
                               key_path="backoff")
@@ -110,12 +129,18 @@ class _Helper(Resolver):
         self._fn = fn
         self._clock = clock
         self._backoff = backoff if backoff is not None else default_backoff()
-        self._log = logging.getLogger(f"discovery.resolver.{self._name}")
-        # One re-entrant lock guards the stop flag, the wake-up reasons, the
-        # interrupters, the event loop handles and every listener call: close()
-        # takes it, so it cannot return while a listener call is under way and
-        # none can start after it. Re-entrant because a listener may close the
-        # resolver (or ask resolve_now) from inside its own callback.
+        # The logger is named by what comes before a ':' (``system:orders:50051``
+        # logs to discovery.resolver.system); every record carries the rest as
+        # its ``target``.
+        scheme, _, where = self._name.partition(":")
+        self._log = logging.LoggerAdapter(logging.getLogger(f"discovery.resolver.{scheme}"),
+                                          {"target": where or self._name})
+        # One re-entrant lock guards setting the stop flag, the interrupters,
+        # the event loop handles and every listener call: close() takes it, so
+        # it cannot return while a listener call is under way and none can
+        # start after it. Re-entrant because a listener may close the resolver
+        # from inside its own callback. resolve_now() and reading the stop flag
+        # take no lock, so they never wait for a listener call.
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopped = False
@@ -140,8 +165,7 @@ class _Helper(Resolver):
     @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
-        with self._lock:
-            return self._stopped
+        return self._stopped
 
     def start(self) -> None:
         """Start the resolver's thread; the first lookup or watch runs at once. Never blocks.
@@ -155,11 +179,15 @@ class _Helper(Resolver):
         self._thread.start()
 
     def resolve_now(self) -> None:
-        """Ask for a fresh lookup (polling) or wake ``ctx.wait`` (watch). Never blocks; thread-safe."""
-        with self._lock:
-            if self._stopped:
-                return
-            self._poked = True
+        """Ask for a fresh lookup (polling) or wake ``ctx.wait`` (watch). Never blocks; thread-safe.
+
+        Takes no lock: the sleeping thread clears its event before it reads
+        the flag, so the wake-up cannot be lost. A request that arrives just
+        as a lookup starts is answered by that lookup.
+        """
+        if self._stopped:
+            return
+        self._poked = True
         self._wake.set()
 
     def close(self) -> None:
@@ -167,7 +195,8 @@ class _Helper(Resolver):
 
         Sets the stop flag, wakes every wait, cancels a running coroutine and
         calls the registered interrupters on this thread. After it returns the
-        listener gets no more calls.
+        listener gets no more calls: it waits only for a listener call already
+        under way (listener calls never block), never for I/O.
         """
         with self._lock:
             if self._stopped:
@@ -201,8 +230,7 @@ class _Helper(Resolver):
     # -- for WatchContext and subclasses ------------------------------------------
 
     def _is_stopped(self) -> bool:
-        with self._lock:
-            return self._stopped
+        return self._stopped
 
     def _interrupt(self, fn: Callable[[], None]) -> None:
         try:
@@ -276,15 +304,14 @@ class _Helper(Resolver):
         """Wait ``seconds`` of the clock (None: forever). True at once when stopped or, if ``pokeable``, poked."""
         deadline = None if seconds is None else self._clock.monotonic() + seconds
         while True:
-            with self._lock:
-                if self._stopped:
-                    return True
-                if pokeable and self._poked:
-                    self._poked = False
-                    return True
-                # Cleared under the lock that resolve_now() and close() set
-                # their flags under, so no wake-up between check and wait is lost.
-                self._wake.clear()
+            # Clear first, then read the flags: resolve_now() and close() set
+            # their flag before the event, so no wake-up in between is lost.
+            self._wake.clear()
+            if self._stopped:
+                return True
+            if pokeable and self._poked:
+                self._poked = False
+                return True
             timeout = None
             if deadline is not None:
                 timeout = deadline - self._clock.monotonic()
@@ -418,7 +445,7 @@ class WatchResolver(_Helper):
     def __init__(self, listener: ResolverListener, watch: WatchFn, *, name: str,
                  clock: Clock = SYSTEM_CLOCK, backoff: Backoff | None = None,
                  healthy_after: float = 30.0, min_interval: float = 1.0) -> None:
-        super().__init__(listener, watch, name=name, clock=clock, backoff=backoff)
+        super().__init__(listener, watch, "watch", name=name, clock=clock, backoff=backoff)
         self._healthy_after = _check_seconds(healthy_after, "healthy_after", allow_zero=True)
         self._min_interval = _check_seconds(min_interval, "min_interval", allow_zero=True)
         self._healthy_since: float | None = None
@@ -488,7 +515,7 @@ class PollingResolver(_Helper):
     def __init__(self, listener: ResolverListener, lookup: LookupFn, *, name: str,
                  clock: Clock = SYSTEM_CLOCK, interval: float | Callable[[ResolverState], float] = 30.0,
                  min_interval: float = 2.0, backoff: Backoff | None = None) -> None:
-        super().__init__(listener, lookup, name=name, clock=clock, backoff=backoff)
+        super().__init__(listener, lookup, "lookup", name=name, clock=clock, backoff=backoff)
         if not callable(interval):
             interval = _check_seconds(interval, "interval", allow_zero=False, allow_inf=True)
         self._interval = interval
@@ -513,30 +540,29 @@ class PollingResolver(_Helper):
         return value
 
     def _schedule(self, delay: float, *, in_backoff: bool) -> None:
-        with self._lock:
-            self._last_end = self._clock.monotonic()
-            delay = max(delay, self._min_interval)
-            self._next_at = None if math.isinf(delay) else self._last_end + delay
-            self._in_backoff = in_backoff
+        # Scheduling state belongs to the helper's thread alone: no lock.
+        self._last_end = self._clock.monotonic()
+        delay = max(delay, self._min_interval)
+        self._next_at = None if math.isinf(delay) else self._last_end + delay
+        self._in_backoff = in_backoff
 
     def _wait_until_due(self) -> bool:
         """Block until a lookup is due; False once stopped."""
         while True:
-            with self._lock:
-                if self._stopped:
-                    return False
-                now = self._clock.monotonic()
-                due = self._next_at
-                if self._last_end is None:
-                    due = now
-                elif self._poked and not self._in_backoff:
-                    soonest = self._last_end + self._min_interval
-                    due = soonest if due is None else min(due, soonest)
-                if due is not None and now >= due:
-                    self._poked = False
-                    return True
-                self._wake.clear()
-                timeout = None if due is None else due - now
+            self._wake.clear()  # before reading the flags, as in _sleep()
+            if self._stopped:
+                return False
+            now = self._clock.monotonic()
+            due = self._next_at
+            if self._last_end is None:
+                due = now
+            elif self._poked and not self._in_backoff:
+                soonest = self._last_end + self._min_interval
+                due = soonest if due is None else min(due, soonest)
+            if due is not None and now >= due:
+                self._poked = False
+                return True
+            timeout = None if due is None else due - now
             self._clock.wait(self._wake, timeout)
 
     def _run(self) -> None:

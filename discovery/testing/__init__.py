@@ -30,11 +30,15 @@ from ..target import Target
 __all__ = [
     "FakeClock",
     "FakeHelper",
+    "FakeStream",
     "FakeSubConn",
     "ManualResolver",
     "ManualResolverBuilder",
     "RecordingListener",
     "addresses",
+    "check_distribution",
+    "chi_square",
+    "chi_square_critical",
     "finish",
     "pick_all",
     "update",
@@ -297,4 +301,14 @@ class ManualResolverBuilder(ResolverBuilder):
 
 
 # Re-exported at the end: balancing imports nothing from this module.
-from .balancing import FakeHelper, FakeSubConn, finish, pick_all, update  # noqa: E402
+from .balancing import (  # noqa: E402
+    FakeHelper,
+    FakeStream,
+    FakeSubConn,
+    check_distribution,
+    chi_square,
+    chi_square_critical,
+    finish,
+    pick_all,
+    update,
+)

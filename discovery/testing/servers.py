@@ -18,15 +18,21 @@ Methods (all under ``/discovery.testing.Echo/``):
 
 Knobs for failure and latency tests, all settable while the server runs:
 ``fail_with`` (every echo RPC fails with that code), :meth:`BackendServer.fail_next`
-(the next N fail), ``delay`` (seconds before the first response; a call the
-client cancels or lets time out meanwhile ends at once and is counted in
-``cancelled``), ``trailing_metadata`` (sent with every echo status) and
-``pushback_ms`` (gRFC A6's ``grpc-retry-pushback-ms`` trailer on failures).
+(the next N fail), ``delay`` (seconds before the first response of every echo
+RPC, a slow backend; a call the client cancels or lets time out meanwhile ends
+at once and is counted in ``cancelled``), ``trailing_metadata`` (sent with
+every echo status) and ``pushback_ms`` (gRFC A6's ``grpc-retry-pushback-ms``
+trailer on failures).
+
+With ``orca`` (a :class:`discovery.orca.ServerMetrics`) the server also
+serves ORCA load reports, out of band and per call.
 """
 
 from __future__ import annotations
 
 import collections
+import selectors
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -35,7 +41,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-__all__ = ["SERVICE", "BackendServer", "EchoStub", "static_target"]
+__all__ = ["SERVICE", "BackendServer", "EchoStub", "SilentServer", "static_target"]
 
 SERVICE = "discovery.testing.Echo"
 _HealthStatus = health_pb2.HealthCheckResponse
@@ -57,15 +63,17 @@ class BackendServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str | None = None,
                  max_workers: int = 16, with_health: bool = True,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
+                 credentials: grpc.ServerCredentials | None = None,
+                 options: tuple[tuple[str, Any], ...] = (), *, orca: Any = None,
+                 orca_min_interval: float = 1.0, delay: float = 0.0) -> None:
         self.host = host
+        # grpc server arguments, e.g. the ping policy a keepalive test needs.
+        self.options = tuple(options)
         self.port = port
         self._name = name
         self.max_workers = max_workers
         self.fail_with: grpc.StatusCode | None = None
         self._fail_next: list[grpc.StatusCode] = []
-        # Seconds every echo RPC waits before its first response.
-        self.delay = 0.0
         # Sent as trailing metadata with every echo RPC's status.
         self.trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()
         # Sent as the grpc-retry-pushback-ms trailer with every failure (any string, to test bad values).
@@ -73,6 +81,12 @@ class BackendServer:
         self.cancelled = 0
         self.with_health = with_health
         self.credentials = credentials
+        # A discovery.orca.ServerMetrics: serve ORCA reports (out of band and per call) from it.
+        self.orca = orca
+        self.orca_min_interval = orca_min_interval
+        # Seconds every echo RPC waits before its first response (a slow backend), on an
+        # event, so a cancelled call ends at once.
+        self.delay = delay
         self.last_metadata: tuple[tuple[str, Any], ...] = ()
         # Makes the health service's Watch fail with this status (a broken health endpoint).
         self.health_fails_with: grpc.StatusCode | None = None
@@ -82,6 +96,8 @@ class BackendServer:
         self.unary_gate = threading.Event()
         self.unary_gate.set()
         self.calls: collections.Counter[str] = collections.Counter()
+        # Client addresses (ip:port) echo RPCs came from: one per connection.
+        self.peers: set[str] = set()
         self.active = 0
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
@@ -110,6 +126,7 @@ class BackendServer:
         with self._lock:
             self.calls[method] += 1
             self.last_metadata = tuple(context.invocation_metadata())
+            self.peers.add(context.peer())
             code = self._fail_next.pop(0) if self._fail_next else self.fail_with
         trailing = self.trailing_metadata
         if code is not None and self.pushback_ms is not None:
@@ -194,7 +211,17 @@ class BackendServer:
 
     def start(self) -> BackendServer:
         """Start (or restart on the same port). Returns self."""
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers))
+        interceptors: list[Any] = []
+        if self.orca is not None:
+            from ..orca import OrcaInterceptor
+
+            interceptors.append(OrcaInterceptor(self.orca))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers), options=self.options,
+                             interceptors=interceptors)
+        if self.orca is not None:
+            from ..orca import add_orca_service
+
+            add_orca_service(server, self.orca, min_report_interval=self.orca_min_interval)
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(self._unary, _ident, _ident),
             "ServerStream": grpc.unary_stream_rpc_method_handler(self._server_stream, _ident, _ident),
@@ -265,3 +292,108 @@ class EchoStub:
 def static_target(servers: list[BackendServer]) -> str:
     """``static:///addr,addr`` for these servers."""
     return "static:///" + ",".join(s.addr for s in servers)
+
+
+class SilentServer:
+    """A loopback server that takes every request and never answers, on one port for TCP and UDP.
+
+    It stands in for a registry whose long poll has no news, or a DNS server
+    that is down without refusing: TCP connections are accepted and read, UDP
+    datagrams received, nothing is ever sent back. ``received`` is set at the
+    first bytes; ``data`` holds what each connection or datagram sent.
+    ``connections`` counts accepted TCP connections. Use it to check that a
+    resolver's ``close()`` returns at once while a request is pending.
+    Thread-safe; a context manager.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.received = threading.Event()
+        self.data: list[bytes] = []
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._tcp, self._udp = self._bind(host)
+        self.port: int = self._tcp.getsockname()[1]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name=f"silent-server {host}:{self.port}", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _bind(host: str) -> tuple[socket.socket, socket.socket]:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for _ in range(50):
+            tcp = socket.create_server((host, 0), family=family)
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                udp.bind((host, tcp.getsockname()[1]))
+            except OSError:  # that port is taken for UDP: try another
+                tcp.close()
+                udp.close()
+                continue
+            return tcp, udp
+        raise RuntimeError(f"no port free for both TCP and UDP on {host}")
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (IPv6 in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def _record(self, index: int | None, chunk: bytes) -> None:
+        with self._lock:
+            if index is None:
+                self.data.append(chunk)
+            else:
+                self.data[index] += chunk
+        self.received.set()
+
+    def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._tcp, selectors.EVENT_READ, "accept")
+        sel.register(self._udp, selectors.EVENT_READ, "udp")
+        sel.register(self._wake_r, selectors.EVENT_READ, "stop")
+        conns: list[socket.socket] = []
+        try:
+            while True:
+                for key, _ in sel.select():
+                    if key.data == "stop":
+                        return
+                    if key.data == "accept":
+                        conn, _ = self._tcp.accept()
+                        conn.setblocking(False)
+                        conns.append(conn)
+                        with self._lock:
+                            self.connections += 1
+                            self.data.append(b"")
+                            index = len(self.data) - 1
+                        sel.register(conn, selectors.EVENT_READ, index)
+                    elif key.data == "udp":
+                        chunk, _ = self._udp.recvfrom(65535)
+                        self._record(None, chunk)
+                    else:
+                        conn = key.fileobj  # type: ignore[assignment]
+                        try:
+                            chunk = conn.recv(65536)
+                        except OSError:
+                            chunk = b""
+                        if chunk:
+                            self._record(key.data, chunk)
+                        else:  # the client went away
+                            sel.unregister(conn)
+        finally:
+            sel.close()
+            for conn in conns:
+                conn.close()
+
+    def stop(self) -> None:
+        """Stop serving and close every socket (pending clients see the connection close)."""
+        if self._thread.is_alive():
+            self._wake_w.send(b"x")
+            self._thread.join(5)
+        for s in (self._tcp, self._udp, self._wake_r, self._wake_w):
+            s.close()
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -33,9 +33,11 @@ from ._config import (  # noqa: E402
     parse_config,
     parse_target,
 )
+from ._hosts import DEFAULT_HOSTS_FILE  # noqa: E402
 from ._resolver import DnsResolver, DnsResolverBuilder  # noqa: E402
 
 __all__ = [
+    "DEFAULT_HOSTS_FILE",
     "DEFAULT_MAX_INTERVAL",
     "DEFAULT_MIN_INTERVAL",
     "DEFAULT_PORT",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ DEFAULT_MAX_INTERVAL = 300.0
 DEFAULT_TIMEOUT = 5.0
 
 FAMILIES = ("ipv4", "ipv6")
-KEYS = ("server", "min_interval", "max_interval", "timeout", "srv", "families")
+KEYS = ("server", "min_interval", "max_interval", "timeout", "srv", "families", "hosts_file", "srv_tiers")
+SRV_TIERS = ("lowest", "all")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -52,6 +54,9 @@ class DnsConfig:
 
     ``srv`` is True (always SRV), False (never) or None ("auto": SRV when the
     endpoint has no port and its first label starts with ``_``).
+    ``hosts_file`` is None for the system's (``/etc/hosts``), ``""`` when the
+    hosts file is not consulted, else the path of the file to read instead.
+    It applies only without an explicit DNS server.
     """
 
     server: tuple[str, int] | None = None
@@ -60,6 +65,10 @@ class DnsConfig:
     timeout: float = DEFAULT_TIMEOUT
     srv: bool | None = None
     families: tuple[str, ...] = FAMILIES
+    hosts_file: str | None = None
+    #: "lowest": only the lowest SRV priority that resolves; "all": every tier that
+    #: resolves, each with its priority (for a balancer that fails over by health).
+    srv_tiers: str = "lowest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +155,16 @@ def _parse_families(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _parse_hosts_file(value: Any) -> str:
+    if value is False:
+        return ""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"expected the path of a hosts file, or false, got {value!r}", key_path="hosts_file")
+    if not os.path.isfile(value):
+        raise ConfigError(f"no such file: {value!r}", key_path="hosts_file")
+    return value
+
+
 def parse_config(config: Mapping[str, Any] | None) -> DnsConfig:
     """Validate the resolver table; ConfigError names the offending key."""
     if config is None:
@@ -175,6 +194,12 @@ def parse_config(config: Mapping[str, Any] | None) -> DnsConfig:
     timeout = parse_duration(config["timeout"], "timeout") if "timeout" in config else DEFAULT_TIMEOUT
     srv = _parse_srv(config["srv"]) if "srv" in config else None
     families = _parse_families(config["families"]) if "families" in config else FAMILIES
+    hosts_file = _parse_hosts_file(config["hosts_file"]) if "hosts_file" in config else None
+    if server is not None and hosts_file is not None:
+        raise ConfigError("the hosts file is not consulted when a DNS server is given", key_path="hosts_file")
+    srv_tiers = config.get("srv_tiers", "lowest")
+    if srv_tiers not in SRV_TIERS:
+        raise ConfigError(f'expected "lowest" or "all", got {srv_tiers!r}', key_path="srv_tiers")
     return DnsConfig(
         server=server,
         min_interval=min_interval,
@@ -182,6 +207,8 @@ def parse_config(config: Mapping[str, Any] | None) -> DnsConfig:
         timeout=timeout,
         srv=srv,
         families=families,
+        hosts_file=hosts_file,
+        srv_tiers=srv_tiers,
     )
 
 
@@ -219,6 +246,12 @@ def parse_target(target: Target, config: DnsConfig) -> DnsTarget:
     server = config.server
     if server is None and target.authority:
         server = _parse_server(target.authority, f"the authority of {str(target)!r}", None)
+        if config.hosts_file is not None:
+            raise ConfigError(
+                f"target {str(target)!r} names a DNS server, which is asked directly; "
+                "the hosts file applies only to dns:///name targets",
+                key_path="hosts_file",
+            )
     host_text, port_text = split_host_port(target.endpoint)
     if _is_ip(host_text):
         if config.srv:

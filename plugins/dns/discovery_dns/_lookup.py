@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +24,8 @@ import dns.rrset
 
 from discovery.address import Address
 from discovery.errors import ResolverError
+
+from ._hosts import HOSTS_TTL, HostsFile
 
 __all__ = ["Lookup", "Querier", "resolve_host_set", "resolve_srv"]
 
@@ -52,19 +54,39 @@ class _Answer:
 
 
 class Querier:
-    """Runs single queries through a dnspython resolver and classifies the outcome."""
+    """Answers names from the hosts file if it has one, else runs single DNS queries and classifies them.
 
-    def __init__(self, resolver: dns.resolver.Resolver, *, search: bool, server: str) -> None:
-        self._resolver = resolver
+    ``connect`` builds the dnspython resolver and names its server(s); it runs
+    at the first DNS query, so a name the hosts file answers needs no DNS
+    configuration at all. It raises ResolverError when it cannot.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], tuple[dns.resolver.Resolver, str]],
+        *,
+        search: bool,
+        hosts: HostsFile | None = None,
+    ) -> None:
+        self._connect = connect
+        self._resolver: dns.resolver.Resolver | None = None
         self._search = search
-        self.server = server
+        self.hosts = hosts
+        self.server = ""
         self.queries = 0
 
+    def from_hosts(self, name: str) -> tuple[str, ...]:
+        """Addresses the hosts file lists for ``name``; () without a hosts file or entry."""
+        return () if self.hosts is None else self.hosts.lookup(name)
+
     def query(self, name: str, rdtype: dns.rdatatype.RdataType) -> _Answer:
+        if self._resolver is None:
+            self._resolver, self.server = self._connect()
+        resolver = self._resolver
         self.queries += 1
         what = f"{name} {dns.rdatatype.to_text(rdtype)}"
         try:
-            answer = self._resolver.resolve(name, rdtype, raise_on_no_answer=False, search=self._search)
+            answer = resolver.resolve(name, rdtype, raise_on_no_answer=False, search=self._search)
             rrset = answer.rrset
             if rrset is None or len(rrset) == 0:
                 return _Answer("nodata")
@@ -75,7 +97,7 @@ class Querier:
             return _Answer("nodata")
         except dns.resolver.LifetimeTimeout as exc:
             raise ResolverError(
-                f"DNS query {what} to {self.server} timed out after {self._resolver.lifetime:g}s"
+                f"DNS query {what} to {self.server} timed out after {resolver.lifetime:g}s"
             ) from exc
         except dns.resolver.NoNameservers as exc:
             # SERVFAIL, REFUSED, unreachable server, malformed answer, CNAME loop...
@@ -121,7 +143,22 @@ def resolve_host(
     weight: int = 1,
     priority: int = 0,
 ) -> tuple[list[Address], float | None, str]:
-    """Addresses of ``host`` in ``families`` order (each family sorted), min TTL, why empty."""
+    """Addresses of ``host`` in ``families`` order (each family sorted), min TTL, why empty.
+
+    A name the hosts file lists in any of ``families`` is answered from it
+    alone, as the system resolver does; DNS is asked for the others.
+    """
+    listed = q.from_hosts(host)
+    if listed:
+        by_family = {"ipv4": 4, "ipv6": 6}
+        found = [
+            Address(ip, port, weight=weight, priority=priority)
+            for family in families
+            for ip in sorted((ip for ip in listed if ipaddress.ip_address(ip).version == by_family[family]),
+                             key=_ip_key)
+        ]
+        if found:
+            return found, HOSTS_TTL, ""
     out: list[Address] = []
     ttl: float | None = None
     missing: list[str] = []
@@ -156,14 +193,16 @@ def resolve_host_set(q: Querier, host: str, port: int, families: Iterable[str]) 
     return Lookup(_dedupe(addresses), ttl, why)
 
 
-def resolve_srv(q: Querier, name: str, families: Iterable[str]) -> Lookup:
+def resolve_srv(q: Querier, name: str, families: Iterable[str], *, all_tiers: bool = False) -> Lookup:
     """SRV mode: the lowest priority tier with at least one resolvable target.
 
     Weights and priorities go to :attr:`Address.weight` / :attr:`Address.priority`.
     Higher tiers are used only when no target of a lower tier resolves to an
     address ("usable" means resolvable here; failover on backend health is the
     balancer's job). A transient failure in a tier is an error for the round,
-    never a reason to fail over.
+    never a reason to fail over. With ``all_tiers`` every tier that resolves
+    is published, each address with its priority, for a balancer such as
+    ``priority_failover`` to fail over by health.
     """
     families = tuple(families)
     ans = q.query(name, dns.rdatatype.SRV)
@@ -189,6 +228,8 @@ def resolve_srv(q: Querier, name: str, families: Iterable[str]) -> Lookup:
         return Lookup((), None, f"SRV records for {shown} name no usable target: {', '.join(skipped)}")
     hosts: dict[str, tuple[list[Address], float | None, str]] = {}
     reasons: list[str] = []
+    every: list[Address] = []
+    every_ttl: float | None = ans.ttl
     for priority, tier in itertools.groupby(records, key=lambda r: r[0]):
         found: list[Address] = []
         ttl: float | None = ans.ttl
@@ -202,6 +243,12 @@ def resolve_srv(q: Querier, name: str, families: Iterable[str]) -> Lookup:
             found.extend(Address(a.host, port, weight=-neg_weight, priority=priority) for a in addrs)
             if host_ttl is not None:
                 ttl = host_ttl if ttl is None else min(ttl, host_ttl)
-        if found:
+        if found and not all_tiers:
             return Lookup(_dedupe(found), ttl)
+        if found:
+            every.extend(found)
+            every_ttl = ttl if every_ttl is None or (ttl is not None and ttl < every_ttl) else every_ttl
+    if every:
+        # An address in two tiers keeps the lower one (records are sorted by priority).
+        return Lookup(_dedupe(every), every_ttl)
     return Lookup((), None, f"no SRV target of {shown} resolves: {'; '.join(reasons)}")

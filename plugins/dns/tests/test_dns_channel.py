@@ -128,3 +128,37 @@ def test_srv_target_through_the_channel(knot: KnotServer, backends: Backends) ->
         assert backends.count("127.0.0.2") > 0 and backends.count("127.0.0.3") > 0
     finally:
         ch.close()
+
+
+def test_srv_tiers_all_lets_priority_failover_fail_over_on_backend_health(knot: KnotServer) -> None:
+    """Every SRV tier published (srv_tiers = "all"): priority_failover keeps RPCs on
+    priority 0 and moves them to priority 1 when its backend goes down, with DNS unchanged."""
+    from discovery.balancers.priority_failover import PriorityFailoverBuilder
+    from discovery.testing.servers import BackendServer, EchoStub
+
+    discovery.register_balancer(PriorityFailoverBuilder(), replace=True)
+    primary = BackendServer("127.0.0.2").start()
+    backup = BackendServer("127.0.0.3").start()
+    try:
+        knot.add("p0", "A", "127.0.0.2")
+        knot.add("p1", "A", "127.0.0.3")
+        knot.add("_grpc._tcp.tiers", "SRV", f"0 10 {primary.port} p0", f"1 10 {backup.port} p1")
+        with discovery.insecure_channel(f"dns://{knot.address}/_grpc._tcp.tiers.test.internal",
+                                        service_config={"loadBalancingConfig": [{"priority_failover": {}}]},
+                                        resolver_config={"srv_tiers": "all"}) as ch:
+            stub = EchoStub(ch)
+
+            def served_by() -> str | None:
+                try:
+                    return stub.Unary(b"", timeout=5).decode()  # type: ignore[no-any-return]
+                except grpc.RpcError:
+                    return None
+
+            assert poll_until(lambda: listed(ch) == {primary.addr, backup.addr}, 10.0), ch.backends()
+            assert {served_by() for _ in range(5)} == {primary.addr}
+            primary.stop()
+            assert poll_until(lambda: served_by() == backup.addr, 10.0)
+    finally:
+        primary.stop()
+        backup.stop()
+        discovery.unregister_balancer("priority_failover")

@@ -23,7 +23,7 @@ def build(target: str, **config: Any) -> Any:
 
 
 def dns_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name.startswith("discovery-dns"))
+    return sum(1 for t in threading.enumerate() if t.name == "discovery-resolver dns")
 
 
 def test_defaults() -> None:
@@ -46,6 +46,8 @@ def test_defaults() -> None:
         ({"srv": "auto"}, {"srv": None}),
         ({"families": ["ipv6"]}, {"families": ("ipv6",)}),
         ({"families": ["IPv6", "ipv4"]}, {"families": ("ipv6", "ipv4")}),
+        ({}, {"srv_tiers": "lowest"}),
+        ({"srv_tiers": "all"}, {"srv_tiers": "all"}),
         ({"server": "127.0.0.1"}, {"server": ("127.0.0.1", 53)}),
         ({"server": "127.0.0.1:5353"}, {"server": ("127.0.0.1", 5353)}),
         ({"server": "[::1]:5353"}, {"server": ("::1", 5353)}),
@@ -79,6 +81,8 @@ def test_good_values(config: dict[str, Any], expected: dict[str, Any]) -> None:
         ({"families": []}, "families"),
         ({"families": ["ipv5"]}, "families"),
         ({"families": ["ipv4", "ipv4"]}, "families"),
+        ({"srv_tiers": "every"}, "srv_tiers"),
+        ({"srv_tiers": True}, "srv_tiers"),
         ({"server": "dns.example.org"}, "server"),
         ({"server": "127.0.0.1:99999"}, "server"),
         ({"server": ""}, "server"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 from discovery_dns import DnsResolverBuilder
 from discovery_dns.testing import KnotServer
@@ -26,3 +29,10 @@ class TestDnsConformance(ResolverConformance):
 
     def bad_targets(self) -> list[str]:
         return ["dns:///", "dns:///a.test.internal:port", f"dns://{self.knot.address}/[::1"]
+
+    def silent_target(self, address: str) -> str | None:
+        return f"dns://{address}/a.test.internal:50051"
+
+    def silent_config(self) -> Mapping[str, Any]:
+        # A query to a server that never answers blocks until this timeout; close() must not wait for it.
+        return {"timeout": "1s"}

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import discovery_dns._resolver as resolver_module
 import pytest
-from discovery_dns import DnsResolver, DnsResolverBuilder
+from discovery_dns import DnsResolverBuilder
 from discovery_dns.testing import KnotServer
 from dnsplugin_support import MakeResolver, poll_until
 
@@ -19,13 +19,20 @@ from discovery.testing import FakeClock, RecordingListener
 pytestmark = pytest.mark.integration
 
 
-def settle(r: DnsResolver, clock: FakeClock) -> None:
-    """Wait (real time, bounded) until the resolver thread is idle in clock.wait()."""
-    assert poll_until(lambda: clock.waiters >= 1 and not r._wake.is_set(), 5.0), "resolver never idled"
+def settle(clock: FakeClock) -> float | None:
+    """Wait (real time, bounded) until the resolver thread has acted and sleeps; return how long (None: until woken)."""
+    return clock.wait_for_blocked()[0]
 
 
-def advance(r: DnsResolver, clock: FakeClock, seconds: float) -> None:
-    settle(r, clock)
+def next_delay(clock: FakeClock) -> float:
+    """Seconds until the next scheduled lookup, once the resolver thread sleeps."""
+    delay = settle(clock)
+    assert delay is not None, "no lookup scheduled"
+    return delay
+
+
+def advance(clock: FakeClock, seconds: float) -> None:
+    settle(clock)
     clock.advance(seconds)
 
 
@@ -63,9 +70,9 @@ def test_a_and_aaaa_deduplicated_in_stable_order(
     # IPv4 first (the families order), each family sorted; the mapped address is IPv6
     assert hostports(first) == ["127.0.0.2:50051", "[::1]:50051", "[::ffff:7f00:5]:50051"]
     # Re-resolving the same answer publishes nothing new (no churn downstream).
-    advance(r, clock, 2.0)
+    advance(clock, 2.0)
     assert poll_until(lambda: r.lookups == 2, 5.0)
-    settle(r, clock)
+    settle(clock)
     assert len(listener.states) == 1
 
     _, l6 = make_resolver(target(knot, "dual.test.internal:50051"), families=["ipv6", "ipv4"])
@@ -101,8 +108,7 @@ def test_ttl_is_clamped_to_min_and_max_interval(
     for endpoint, config, expected in cases:
         r, listener = make_resolver(target(knot, endpoint), **config)
         listener.wait_for_state()
-        settle(r, clock)
-        assert r.next_lookup_at == pytest.approx(clock.monotonic() + expected), (endpoint, config)
+        assert settle(clock) == pytest.approx(expected), (endpoint, config)
         r.close()
 
 
@@ -112,7 +118,7 @@ def test_ttl_is_clamped_to_min_and_max_interval(
 def test_srv_ports_weights_and_priority_failover(
     knot: KnotServer, clock: FakeClock, make_resolver: MakeResolver
 ) -> None:
-    r, listener = make_resolver(target(knot, "_grpc._tcp.svc.test.internal"))
+    _r, listener = make_resolver(target(knot, "_grpc._tcp.svc.test.internal"))
     state = listener.wait_for_state()
     # tier 0 (dead: no address records, gone: NXDOMAIN) is unusable: tier 1 is published, tier 2 is not
     assert state.addresses == (
@@ -122,13 +128,33 @@ def test_srv_ports_weights_and_priority_failover(
     )
     # Give a tier 0 target an address: tier 0 takes over once the TTL has passed.
     knot.set("dead", "A", "127.0.0.8")
-    advance(r, clock, 2.0)
+    advance(clock, 2.0)
     state = listener.wait_for_state(lambda s: any(a.priority == 0 for a in s.addresses))
     assert state.addresses == (Address("127.0.0.8", 50051, weight=10, priority=0),)
     # And back to tier 1 when it goes away again.
     knot.delete("dead", "A")
-    advance(r, clock, 2.0)
+    advance(clock, 2.0)
     listener.wait_for_state(lambda s: s.addresses and s.addresses[0].priority == 1 and s is not state)
+    assert listener.errors == []
+
+
+def test_srv_all_tiers_publishes_every_tier_that_resolves(
+    knot: KnotServer, clock: FakeClock, make_resolver: MakeResolver
+) -> None:
+    _r, listener = make_resolver(target(knot, "_grpc._tcp.svc.test.internal"), srv_tiers="all")
+    state = listener.wait_for_state()
+    assert state.addresses == (
+        Address("127.0.0.6", 50061, weight=30, priority=1),
+        Address("127.0.0.7", 50062, weight=70, priority=1),
+        Address("::1", 50062, weight=70, priority=1),
+        Address("127.0.0.2", 50071, weight=5, priority=2),
+        Address("127.0.0.3", 50071, weight=5, priority=2),
+        Address("127.0.0.4", 50071, weight=5, priority=2),
+    )
+    knot.set("dead", "A", "127.0.0.8")
+    advance(clock, 2.0)
+    state = listener.wait_for_state(lambda s: any(a.priority == 0 for a in s.addresses))
+    assert [(a.addr, a.priority) for a in state.addresses][:2] == [("127.0.0.8:50051", 0), ("127.0.0.6:50061", 1)]
     assert listener.errors == []
 
 
@@ -174,8 +200,8 @@ def test_record_added_shows_up_when_the_ttl_expires(
     r, listener = make_resolver(target(knot, "a.test.internal:50051"))
     listener.wait_for_state()
     knot.add("a", "A", "127.0.0.5", ttl=2)
-    advance(r, clock, 1.9)  # TTL not yet expired: no lookup
-    settle(r, clock)
+    advance(clock, 1.9)  # TTL not yet expired: no lookup
+    settle(clock)
     assert r.lookups == 1 and len(listener.states) == 1
     clock.advance(0.1)
     state = listener.wait_for_state(lambda s: len(s.addresses) == 4)
@@ -184,10 +210,10 @@ def test_record_added_shows_up_when_the_ttl_expires(
 
 
 def test_record_removed_disappears(knot: KnotServer, clock: FakeClock, make_resolver: MakeResolver) -> None:
-    r, listener = make_resolver(target(knot, "a.test.internal:50051"))
+    _r, listener = make_resolver(target(knot, "a.test.internal:50051"))
     listener.wait_for_state()
     knot.delete("a", "A", "127.0.0.3")
-    advance(r, clock, 2.0)
+    advance(clock, 2.0)
     state = listener.wait_for_state(lambda s: len(s.addresses) == 2)
     assert hostports(state) == ["127.0.0.2:50051", "127.0.0.4:50051"]
 
@@ -195,10 +221,10 @@ def test_record_removed_disappears(knot: KnotServer, clock: FakeClock, make_reso
 def test_server_down_reports_errors_and_keeps_the_last_set(
     knot: KnotServer, clock: FakeClock, make_resolver: MakeResolver
 ) -> None:
-    r, listener = make_resolver(target(knot, "a.test.internal:50051"), min_interval=1, max_interval=4, timeout=0.3)
+    _r, listener = make_resolver(target(knot, "a.test.internal:50051"), min_interval=1, max_interval=4, timeout=0.3)
     good = listener.wait_for_state()
     knot.stop()
-    advance(r, clock, 2.0)
+    advance(clock, 2.0)
     listener.wait_for_count(errors=1)
     err = listener.errors[0]
     assert isinstance(err, ResolverError)
@@ -207,9 +233,7 @@ def test_server_down_reports_errors_and_keeps_the_last_set(
     # Retries back off (jittered, within [min, max]) and never publish an empty set.
     delays = []
     for n in range(2, 6):
-        settle(r, clock)
-        assert r.next_lookup_at is not None
-        delay = r.next_lookup_at - clock.monotonic()
+        delay = next_delay(clock)
         delays.append(delay)
         assert 1.0 - 1e-6 <= delay <= 4.0 + 1e-6
         clock.advance(delay)
@@ -218,8 +242,7 @@ def test_server_down_reports_errors_and_keeps_the_last_set(
     assert listener.states == [good]
     # The server comes back: the same set is published again (the error is over).
     knot.start()
-    settle(r, clock)
-    clock.advance(r.next_lookup_at - clock.monotonic())  # type: ignore[operator]
+    clock.advance(next_delay(clock))
     listener.wait_for_count(states=2)
     assert listener.states[-1] == good
 
@@ -227,13 +250,12 @@ def test_server_down_reports_errors_and_keeps_the_last_set(
 def test_nxdomain_publishes_an_empty_set_then_recovers(
     knot: KnotServer, clock: FakeClock, make_resolver: MakeResolver
 ) -> None:
-    r, listener = make_resolver(target(knot, "orders.test.internal:50051"))
+    _r, listener = make_resolver(target(knot, "orders.test.internal:50051"))
     state = listener.wait_for_state()
     assert state == ResolverState((), note="NXDOMAIN for orders.test.internal")
     assert listener.errors == []
     knot.add("orders", "A", "127.0.0.2")
-    settle(r, clock)
-    delay = r.next_lookup_at - clock.monotonic()  # type: ignore[operator]
+    delay = next_delay(clock)
     assert 2.0 - 1e-6 <= delay <= 2.0 * 1.2 + 1e-6  # backoff starts at min_interval
     clock.advance(delay)
     assert hostports(listener.wait_for_state(lambda s: bool(s.addresses))) == ["127.0.0.2:50051"]
@@ -246,8 +268,7 @@ def test_nxdomain_keeps_re_resolving_with_backoff(
     listener.wait_for_state()
     delays = []
     for n in range(2, 8):
-        settle(r, clock)
-        delay = r.next_lookup_at - clock.monotonic()  # type: ignore[operator]
+        delay = next_delay(clock)
         delays.append(delay)
         clock.advance(delay)
         assert poll_until(lambda n=n: r.lookups == n, 5.0)  # type: ignore[misc]
@@ -281,24 +302,25 @@ def test_resolve_now_storm_gives_one_lookup_per_min_interval(
     listener.wait_for_state()
     for _ in range(100):
         r.resolve_now()
-    settle(r, clock)
-    assert r.lookups == 1  # the last lookup was less than min_interval (2 s) ago
+    # The last lookup was less than min_interval (2 s) ago: one more when 2 s have passed, not 300 s.
+    assert settle(clock) == pytest.approx(2.0)
+    assert r.lookups == 1
     clock.advance(1.0)
-    settle(r, clock)
+    settle(clock)
     assert r.lookups == 1
     clock.advance(1.0)
     assert poll_until(lambda: r.lookups == 2, 5.0)
     for _ in range(100):
         r.resolve_now()
-    settle(r, clock)
+    settle(clock)
     clock.advance(1.99)
-    settle(r, clock)
+    settle(clock)
     assert r.lookups == 2
     clock.advance(0.01)
     assert poll_until(lambda: r.lookups == 3, 5.0)
-    settle(r, clock)
+    settle(clock)
     clock.advance(10.0)  # no pending request: nothing until the TTL says so
-    settle(r, clock)
+    assert settle(clock) == pytest.approx(290.0)
     assert r.lookups == 3
 
 
@@ -306,8 +328,8 @@ def test_resolve_now_runs_at_once_when_allowed(knot: KnotServer, clock: FakeCloc
     r, listener = make_resolver(target(knot, "long.test.internal:50051"))
     listener.wait_for_state()
     knot.add("long", "A", "127.0.0.3", ttl=600)
-    advance(r, clock, 5.0)
-    settle(r, clock)
+    advance(clock, 5.0)
+    settle(clock)
     assert r.lookups == 1
     r.resolve_now()
     assert len(listener.wait_for_state(lambda s: len(s.addresses) == 2).addresses) == 2
@@ -320,14 +342,13 @@ def test_resolve_now_runs_at_once_when_allowed(knot: KnotServer, clock: FakeCloc
 def test_cname_loop_is_reported_and_the_thread_survives(
     knot: KnotServer, clock: FakeClock, make_resolver: MakeResolver
 ) -> None:
-    r, listener = make_resolver(target(knot, "loop1.test.internal:50051"))
+    _r, listener = make_resolver(target(knot, "loop1.test.internal:50051"))
     listener.wait_for_count(errors=1)
     assert "CNAME" in str(listener.errors[0])
     assert listener.states == []
     knot.delete("loop1")
     knot.add("loop1", "A", "127.0.0.2")
-    settle(r, clock)
-    clock.advance(r.next_lookup_at - clock.monotonic())  # type: ignore[operator]
+    clock.advance(next_delay(clock))
     assert hostports(listener.wait_for_state()) == ["127.0.0.2:50051"]
 
 
@@ -393,10 +414,10 @@ def test_malformed_answers_never_kill_the_thread(
 ) -> None:
     r, listener = make_resolver(f"dns://{bad_server}/orders.test.internal:50051", min_interval=1, timeout=0.3)
     assert poll_until(lambda: listener.errors or listener.states, 5.0)
-    advance(r, clock, 1.2)
+    advance(clock, 1.2)
     assert poll_until(lambda: r.lookups == 2, 5.0)
-    settle(r, clock)
-    assert r._thread.is_alive()
+    settle(clock)
+    assert not r.join(0)  # still running
     # whatever it was, it is an error or an empty set with a reason, never a crash or an address
     assert all(isinstance(e, ResolverError) and str(e) for e in listener.errors)
     assert all(s.addresses == () and s.note for s in listener.states)
@@ -415,11 +436,11 @@ def test_unexpected_exceptions_are_reported_and_the_thread_survives(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(resolver_module, "resolve_host_set", flaky)
-    r, listener = make_resolver(target(knot, "a.test.internal:50051"))
+    _r, listener = make_resolver(target(knot, "a.test.internal:50051"))
     listener.wait_for_count(errors=1)
     assert "RuntimeError: boom" in str(listener.errors[0])
     assert isinstance(listener.errors[0].__cause__, RuntimeError)
-    advance(r, clock, 2.4)
+    advance(clock, 2.4)
     assert len(listener.wait_for_state().addresses) == 3
 
 
@@ -442,7 +463,7 @@ def test_a_failing_listener_does_not_kill_the_thread(knot: KnotServer, clock: Fa
     try:
         listener.wait_for_count(states=1)
         knot.add("a", "A", "127.0.0.5")
-        advance(r, clock, 2.0)
+        advance(clock, 2.0)
         listener.wait_for_count(states=2)
     finally:
         r.close()
@@ -454,7 +475,7 @@ def test_close_stops_the_thread_and_silences_the_listener(
 ) -> None:
     r, listener = make_resolver(target(knot, "a.test.internal:50051"))
     listener.wait_for_state()
-    settle(r, clock)
+    settle(clock)
     r.close()
     assert r.join(2.0)
     knot.add("a", "A", "127.0.0.5")
