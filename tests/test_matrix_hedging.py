@@ -126,6 +126,22 @@ def test_pushback_is_honoured(shape, pushback, start_backends, clients) -> None:
         assert out.code is UNAVAILABLE and second.calls["Unary"] == 0
 
 
+@pytest.mark.parametrize("shape", HEDGED)
+def test_hedging_ends_when_every_backend_has_failed(shape, start_backends, clients) -> None:  # type: ignore[no-untyped-def]
+    servers = start_backends(2)
+    for s in servers:
+        s.fail_with = UNAVAILABLE
+    c = clients(shape, static_target(servers),
+                service_config=_config(maxAttempts=3, hedgingDelay="0s", nonFatalStatusCodes=["UNAVAILABLE"]))
+    wait_ready(c.channel, 2)
+    # No deadline: with both backends tried and nothing in flight, the third copy goes to a
+    # tried backend (rather than waiting for an untried one forever), then the RPC ends.
+    out = c.call(shape, timeout=None)
+    assert out.code is UNAVAILABLE and out.elapsed < 2.0
+    assert sum(s.total for s in servers) == 3
+    c.wait_idle()
+
+
 @pytest.mark.parametrize("shape", NOT_HEDGED)
 def test_other_shapes_run_one_attempt(shape, start_backends, clients) -> None:  # type: ignore[no-untyped-def]
     slow, fast = start_backends(2)
