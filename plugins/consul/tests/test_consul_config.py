@@ -84,6 +84,27 @@ def test_a_token_in_the_target_is_refused_without_echoing_it() -> None:
     assert SECRET not in str(info.value)
 
 
+@pytest.mark.parametrize("uri", [
+    f"consul://user:{SECRET}@127.0.0.1:8500/orders",
+    f"consul://user:{SECRET}@127.0.0.1:8500/orders?token=x",
+    f"consul://{SECRET}@h/orders",
+])
+def test_userinfo_in_the_target_is_refused_without_echoing_it(uri: str) -> None:
+    with pytest.raises(TargetError) as info:
+        target(uri)
+    assert SECRET not in str(info.value)
+    # Through the channel factory too, where the message reaches the user.
+    with pytest.raises(TargetError) as info:
+        discovery.insecure_channel(uri)
+    assert SECRET not in str(info.value)
+
+
+def test_userinfo_in_consul_http_addr_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        target("consul:///orders", env={"CONSUL_HTTP_ADDR": f"http://user:{SECRET}@h:notaport"})
+    assert SECRET not in str(info.value)
+
+
 # -- options -------------------------------------------------------------------------------------
 
 

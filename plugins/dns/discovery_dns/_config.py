@@ -14,7 +14,7 @@ import dns.exception
 import dns.name
 
 from discovery.errors import ConfigError, TargetError
-from discovery.target import Target, parse_host_port, split_host_port
+from discovery.target import Target, parse_host_port, redact_target, split_host_port
 
 __all__ = [
     "DEFAULT_MAX_INTERVAL",
@@ -117,7 +117,8 @@ def _parse_server(text: str, what: str, key: str | None) -> tuple[str, int]:
     try:
         host, port = parse_host_port(text, DNS_PORT)
     except TargetError as exc:
-        raise error(f"bad DNS server {text!r}: {exc}", key_path=key) from exc
+        # redact_target: the target's authority may carry userinfo (user:password@), a secret.
+        raise error(f"bad DNS server {redact_target(text)!r}: {exc}", key_path=key) from exc
     try:
         ip = ipaddress.ip_address(host)
     except ValueError as exc:
