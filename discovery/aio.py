@@ -39,6 +39,7 @@ from .balancer import Balancer, Metadata
 from .calls.aio import AioStreamCall, AioUnaryCall, make_ctx
 from .config import ServiceConfig
 from .core import ChannelCore, assemble, backend_factory
+from .errors import ConfigError
 from .methodconfig import MethodConfig
 from .resolver import Resolver
 from .settings import ChannelSettings
@@ -230,7 +231,8 @@ def secure_channel(
 ) -> Channel:
     """:func:`discovery.secure_channel`, as a :class:`grpc.aio.Channel`."""
     if credentials is None:
-        raise TypeError("secure_channel needs credentials; use insecure_channel for plaintext")
+        raise ConfigError("expected grpc.ChannelCredentials, got None; use insecure_channel for plaintext",
+                          key_path="credentials")
     return _open(target, credentials, options, compression, service_config, resolver_config,  # type: ignore[no-any-return]
                  settings, aio=True)
 

@@ -211,6 +211,21 @@ def test_a_target_that_is_not_a_string_is_a_target_error(target: Any, no_new_thr
             factory(target)
 
 
+@pytest.mark.parametrize("target", ["", "   "])
+def test_an_empty_target_is_named_as_given(target: str, no_new_threads: None) -> None:
+    # Not "target 'dns:///' has an empty endpoint": the user never wrote dns:///.
+    for factory in (discovery.insecure_channel, aio.insecure_channel):
+        with pytest.raises(TargetError, match=f"target must be a non-empty string, got '{target}'"):
+            factory(target)
+
+
+@pytest.mark.parametrize("credentials", [None, "tls"])
+def test_secure_channel_credentials_are_a_config_error(credentials: Any, no_new_threads: None) -> None:
+    for factory in (discovery.secure_channel, aio.secure_channel):
+        with pytest.raises(ConfigError, match=r"^credentials: expected grpc\.ChannelCredentials"):
+            factory("static:///127.0.0.1:1", credentials)
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [("static:///::1:50051", r"IPv6 address in brackets .*\[::1\]:50051"),
