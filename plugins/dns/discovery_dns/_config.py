@@ -173,6 +173,12 @@ def parse_config(config: Mapping[str, Any] | None) -> DnsConfig:
     if not isinstance(config, Mapping):
         raise ConfigError(f"the dns resolver options must be a table, got {type(config).__name__}")
     for key in config:
+        if key == "interval":
+            # The core's system resolver takes it; a config written for the core alone
+            # must say what to write once this plugin serves dns: instead.
+            raise ConfigError("the system resolver's option; the DNS plugin, which now serves dns: targets, "
+                              "re-resolves when the answer's TTL expires, bounded by min_interval and "
+                              "max_interval (give those instead)", key_path="interval")
         if key not in KEYS:
             raise ConfigError(f"unknown dns resolver option; expected one of {', '.join(KEYS)}", key_path=str(key))
     server = None
