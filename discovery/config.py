@@ -111,6 +111,16 @@ MAX_JSON_DEPTH = 255
 MAX_JSON_NODES = 100_000
 
 
+def _elide_path(path: str, keep: int = 60) -> str:
+    """A key path short enough for a one-line message: its start and end around ``...``.
+
+    A path 255 levels deep is several kilobytes; its two ends say where it is.
+    """
+    if len(path) <= 3 * keep:
+        return path
+    return f"{path[:keep]}...{path[-keep:]}"
+
+
 def check_json(value: Any, source: str | None, key_path: str) -> None:
     """Raise ConfigError unless ``value`` is plain JSON data gRPC's parser would take.
 
@@ -130,7 +140,8 @@ def check_json(value: Any, source: str | None, key_path: str) -> None:
                               key_path=key_path)
         if isinstance(v, Mapping | list | tuple):
             if depth >= MAX_JSON_DEPTH:
-                raise ConfigError(f"nested more than {MAX_JSON_DEPTH} levels deep", source=source, key_path=path)
+                raise ConfigError(f"nested more than {MAX_JSON_DEPTH} levels deep", source=source,
+                                  key_path=_elide_path(path))
             if isinstance(v, Mapping):
                 for k, item in v.items():
                     if not isinstance(k, str):

@@ -372,6 +372,17 @@ def test_service_config_values_grpc_would_reject_fail_at_the_factory(config: Any
         discovery.insecure_channel("static:///127.0.0.1:1", service_config=config)
 
 
+def test_a_config_too_deep_is_reported_in_one_short_line() -> None:
+    # The key path of the 256th level would be kilobytes long; the message keeps its two ends.
+    with pytest.raises(ConfigError) as info:
+        parse_service_config(nested_child_policies(3000))
+    message = str(info.value)
+    assert len(message) < 300 and "\n" not in message
+    assert message.startswith("service_config.loadBalancingConfig[0].outlier_detection.")
+    assert message.endswith(".outlier_detection: nested more than 255 levels deep")
+    assert "..." in message
+
+
 def test_a_grpc_users_json_means_what_it_means_in_grpc() -> None:
     sc = parse_service_config({
         "loadBalancingConfig": None,  # null means absent in gRPC's JSON
