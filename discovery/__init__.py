@@ -226,7 +226,8 @@ def secure_channel(
     otherwise, or your own option), never by disabling verification.
     """
     if credentials is None:
-        raise TypeError("secure_channel needs credentials; use insecure_channel for plaintext")
+        raise ConfigError("expected grpc.ChannelCredentials, got None; use insecure_channel for plaintext",
+                          key_path="credentials")
     return _open(target, credentials, options, compression, service_config, resolver_config,  # type: ignore[no-any-return]
                  settings)
 

@@ -344,7 +344,8 @@ def secure_channel(
 ) -> Channel:
     """:func:`discovery.secure_channel`, as a :class:`grpc.aio.Channel` (``interceptors`` as grpc.aio's)."""
     if credentials is None:
-        raise TypeError("secure_channel needs credentials; use insecure_channel for plaintext")
+        raise ConfigError("expected grpc.ChannelCredentials, got None; use insecure_channel for plaintext",
+                          key_path="credentials")
     checked = _sort_interceptors(interceptors)
     return _intercepted_by(_open(target, credentials, options, compression, service_config, resolver_config,
                                  settings, aio=True), checked)

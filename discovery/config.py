@@ -111,6 +111,16 @@ MAX_JSON_DEPTH = 255
 MAX_JSON_NODES = 100_000
 
 
+def _elide_path(path: str, keep: int = 60) -> str:
+    """A key path short enough for a one-line message: its start and end around ``...``.
+
+    A path 255 levels deep is several kilobytes; its two ends say where it is.
+    """
+    if len(path) <= 3 * keep:
+        return path
+    return f"{path[:keep]}...{path[-keep:]}"
+
+
 def check_json(value: Any, source: str | None, key_path: str) -> None:
     """Raise ConfigError unless ``value`` is plain JSON data gRPC's parser would take.
 
@@ -130,7 +140,8 @@ def check_json(value: Any, source: str | None, key_path: str) -> None:
                               key_path=key_path)
         if isinstance(v, Mapping | list | tuple):
             if depth >= MAX_JSON_DEPTH:
-                raise ConfigError(f"nested more than {MAX_JSON_DEPTH} levels deep", source=source, key_path=path)
+                raise ConfigError(f"nested more than {MAX_JSON_DEPTH} levels deep", source=source,
+                                  key_path=_elide_path(path))
             if isinstance(v, Mapping):
                 for k, item in v.items():
                     if not isinstance(k, str):
@@ -537,6 +548,21 @@ def _tls_file(value: str, src: str, key_path: str) -> str:
     return str(p)
 
 
+def _resolver_error(exc: ConfigError, src: str, path: str) -> ConfigError:
+    """A resolver plugin's ConfigError, its key path placed under the service's ``resolver`` table.
+
+    Plugins name the key as they see it (``endpoints."10.0.0.9:50051"``, or
+    ``resolver.endpoints...`` as the static resolver says at the factory);
+    in a file it is ``services.NAME.resolver.endpoints...``.
+    """
+    key, message = exc.key_path, str(exc)
+    if exc.source is None and key and message.startswith(f"{key}: "):
+        message = message[len(key) + 2:]
+        rest = key.removeprefix("resolver").lstrip(".")
+        return ConfigError(message, source=src, key_path=f"{path}.{rest}" if rest else path)
+    return ConfigError(message, source=src, key_path=path)
+
+
 def _entry(name: str, raw: Any, src: str) -> ServiceEntry:
     base = f"services.{name}"
     _expect(isinstance(raw, Mapping), "a table", raw, src, base)
@@ -571,7 +597,7 @@ def _entry(name: str, raw: Any, src: str) -> ServiceEntry:
     except TargetError as exc:
         raise ConfigError(str(exc), source=src, key_path=f"{base}.target") from exc
     except ConfigError as exc:
-        raise ConfigError(str(exc), source=src, key_path=f"{base}.resolver") from exc
+        raise _resolver_error(exc, src, f"{base}.resolver") from exc
     except DiscoveryError:
         raise
     except Exception as exc:

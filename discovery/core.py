@@ -128,7 +128,18 @@ class ChannelCore:
 
         Thread-safe, so a ``done`` callback may use it to hand work to the control thread.
         """
-        return self.loop.call_later_clock(delay, lambda: None if self.closed else fn())
+        def run() -> None:
+            if self.closed:
+                return
+            try:
+                fn()
+            finally:
+                # fn may have asked a backend to connect (ring_hash connects on a
+                # pick, through this method): poll it at the fast rate, or the
+                # RPC waiting for it would wait for the next full poll.
+                if not self.closed:
+                    self._schedule_poll()
+        return self.loop.call_later_clock(delay, run)
 
     def resolve_now(self) -> None:
         resolver = self.resolver

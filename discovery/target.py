@@ -113,6 +113,9 @@ def parse_channel_target(target: object, known_scheme: Callable[[str], bool]) ->
     """
     if not isinstance(target, str):
         raise TargetError(f"target must be a string, got {type(target).__name__} {target!r}")
+    if not target.strip():
+        # Said here: with the default scheme added it would read "target 'dns:///' ...".
+        raise TargetError(f"target must be a non-empty string, got {target!r}")
     try:
         t = parse_target(target)
     except TargetError:

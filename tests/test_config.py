@@ -162,7 +162,7 @@ def test_resolver_options_of_every_service_are_checked_up_front(tmp_path: Path) 
     with pytest.raises(ConfigError) as info:
         discovery.channel_from_config("good", path)
     assert str(path) in str(info.value)
-    assert info.match("services.bad.resolver: resolver.weights: expected a list of 2 non-negative integers")
+    assert info.match("services.bad.resolver.weights: expected a list of 2 non-negative integers")
     path.write_text('[services.a]\ntarget = "ipv4:localhost:1"\n')
     with pytest.raises(ConfigError, match="services.a.target: .*not an IPv4 address"):
         discovery.channel_from_config("a", path)
@@ -237,7 +237,7 @@ def test_static_endpoints_in_a_config_file_name_the_file_and_key(tmp_path: Path)
     with pytest.raises(ConfigError) as info:
         load_config_file(path)
     assert str(path) in str(info.value)
-    assert info.match(r'services.a.resolver: resolver.endpoints."127.0.0.1:2": not an address of the target')
+    assert info.match(r'services.a.resolver.endpoints."127.0.0.1:2": not an address of the target')
     path.write_text('[services.a]\ntarget = "static:///127.0.0.1:1"\n'
                     '[services.a.resolver.endpoints."127.0.0.1:1"]\nzone = 5\n')
     with pytest.raises(ConfigError, match=r'resolver.endpoints."127.0.0.1:1".zone: expected a string, got 5'):

@@ -211,6 +211,21 @@ def test_a_target_that_is_not_a_string_is_a_target_error(target: Any, no_new_thr
             factory(target)
 
 
+@pytest.mark.parametrize("target", ["", "   "])
+def test_an_empty_target_is_named_as_given(target: str, no_new_threads: None) -> None:
+    # Not "target 'dns:///' has an empty endpoint": the user never wrote dns:///.
+    for factory in (discovery.insecure_channel, aio.insecure_channel):
+        with pytest.raises(TargetError, match=f"target must be a non-empty string, got '{target}'"):
+            factory(target)
+
+
+@pytest.mark.parametrize("credentials", [None, "tls"])
+def test_secure_channel_credentials_are_a_config_error(credentials: Any, no_new_threads: None) -> None:
+    for factory in (discovery.secure_channel, aio.secure_channel):
+        with pytest.raises(ConfigError, match=r"^credentials: expected grpc\.ChannelCredentials"):
+            factory("static:///127.0.0.1:1", credentials)
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [("static:///::1:50051", r"IPv6 address in brackets .*\[::1\]:50051"),
@@ -355,6 +370,17 @@ def test_service_config_values_grpc_would_reject_fail_at_the_factory(config: Any
         parse_service_config(config)
     with pytest.raises(ConfigError, match=message):
         discovery.insecure_channel("static:///127.0.0.1:1", service_config=config)
+
+
+def test_a_config_too_deep_is_reported_in_one_short_line() -> None:
+    # The key path of the 256th level would be kilobytes long; the message keeps its two ends.
+    with pytest.raises(ConfigError) as info:
+        parse_service_config(nested_child_policies(3000))
+    message = str(info.value)
+    assert len(message) < 300 and "\n" not in message
+    assert message.startswith("service_config.loadBalancingConfig[0].outlier_detection.")
+    assert message.endswith(".outlier_detection: nested more than 255 levels deep")
+    assert "..." in message
 
 
 def test_a_grpc_users_json_means_what_it_means_in_grpc() -> None:

@@ -125,6 +125,18 @@ def test_ring_hash_same_key_same_backend_on_every_shape_and_failover(servers: An
     aio_run(static_target(srv), sc, {}, check)
 
 
+def test_ring_hash_first_rpc_to_an_idle_backend_does_not_wait_for_the_full_poll(servers: Any) -> None:
+    # ring_hash connects a backend lazily, from a pick. The control loop must poll
+    # that connection at the fast rate: with a full poll only every 60 s, every
+    # first RPC to a backend would otherwise wait out its 5 s deadline.
+    srv = servers(3)
+    settings = discovery.ChannelSettings(slow_poll=60.0)
+    with discovery.insecure_channel(static_target(srv), service_config=lb("ring_hash", {"requestHashHeader": "x-user"}),
+                                    settings=settings) as ch:
+        served = {EchoStub(ch).Unary(b"", timeout=5, metadata=(("x-user", f"user-{i}"),)).decode() for i in range(12)}
+    assert len(served) >= 2
+
+
 def test_outlier_detection_over_ring_hash_moves_a_failing_backends_keys(servers: Any) -> None:
     srv = servers(3)
     sc = lb("outlier_detection", {"consecutiveErrors": 3, "maxEjectionPercent": 50, "interval": "60s",

@@ -142,7 +142,7 @@ def test_bare_host_port_in_a_config_file_with_the_core_alone(core_only: PluginEn
     path.write_text(f'[services.a]\ntarget = "localhost:{server.port}"\nresolver = {{ interval = "0.5s" }}\n')
     with pytest.raises(ConfigError) as info:
         discovery.channel_from_config("a", path)
-    assert info.match(r"services.a.resolver: resolver.interval: expected a duration of at least \"1s\"")
+    assert info.match(r"services.a.resolver.interval: expected a duration of at least \"1s\"")
     assert str(path) in str(info.value)
 
 

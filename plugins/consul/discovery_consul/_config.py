@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from discovery.errors import ConfigError, TargetError
-from discovery.target import Target, parse_host_port
+from discovery.target import Target, parse_host_port, redact_target
 
 from ._duration import parse_go_duration
 
@@ -268,6 +268,7 @@ def _agent_from_env(value: str) -> tuple[str, int, str]:
     """``CONSUL_HTTP_ADDR`` as Consul's CLI reads it: ``host:port``, ``http://...`` or ``https://...``."""
     scheme = ""
     text = value.strip()
+    value = redact_target(value)  # for messages: userinfo (user:password@) is a secret
     for prefix in ("http://", "https://"):
         if text.startswith(prefix):
             scheme, text = prefix[:-3], text[len(prefix):]
@@ -284,8 +285,9 @@ def _agent_from_env(value: str) -> tuple[str, int, str]:
 def _redacted(target: Target) -> str:
     """The target for messages, with any query value named token replaced (it may hold a secret)."""
     if "token" not in target.query.lower():
-        return repr(str(target))
-    return repr(f"{target.scheme}://{target.authority}/{target.endpoint}?<query not shown: it holds a token>")
+        return repr(str(target))  # str() hides userinfo
+    return repr(redact_target(f"{target.scheme}://{target.authority}/{target.endpoint}")
+                + "?<query not shown: it holds a token>")
 
 
 def parse_target(target: Target, config: ConsulConfig | None = None,
@@ -311,6 +313,11 @@ def parse_target(target: Target, config: ConsulConfig | None = None,
     if not service or "/" in service or any(c.isspace() for c in service):
         raise TargetError(f"target {shown}: {service!r} is not a Consul service name")
     env_scheme = ""
+    if "@" in target.authority:
+        # user:password@ would be a secret in every log line that shows the target;
+        # Consul takes its ACL token in a header, from the options or the environment.
+        raise TargetError(f"target {shown}: the agent address takes no userinfo (user@ or user:password@); "
+                          "give an ACL token as resolver_config token or token_file, or CONSUL_HTTP_TOKEN")
     if target.authority:
         try:
             host, port = parse_host_port(target.authority, DEFAULT_PORT)

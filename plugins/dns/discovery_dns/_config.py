@@ -14,7 +14,7 @@ import dns.exception
 import dns.name
 
 from discovery.errors import ConfigError, TargetError
-from discovery.target import Target, parse_host_port, split_host_port
+from discovery.target import Target, parse_host_port, redact_target, split_host_port
 
 __all__ = [
     "DEFAULT_MAX_INTERVAL",
@@ -117,7 +117,8 @@ def _parse_server(text: str, what: str, key: str | None) -> tuple[str, int]:
     try:
         host, port = parse_host_port(text, DNS_PORT)
     except TargetError as exc:
-        raise error(f"bad DNS server {text!r}: {exc}", key_path=key) from exc
+        # redact_target: the target's authority may carry userinfo (user:password@), a secret.
+        raise error(f"bad DNS server {redact_target(text)!r}: {exc}", key_path=key) from exc
     try:
         ip = ipaddress.ip_address(host)
     except ValueError as exc:
@@ -172,6 +173,12 @@ def parse_config(config: Mapping[str, Any] | None) -> DnsConfig:
     if not isinstance(config, Mapping):
         raise ConfigError(f"the dns resolver options must be a table, got {type(config).__name__}")
     for key in config:
+        if key == "interval":
+            # The core's system resolver takes it; a config written for the core alone
+            # must say what to write once this plugin serves dns: instead.
+            raise ConfigError("the system resolver's option; the DNS plugin, which now serves dns: targets, "
+                              "re-resolves when the answer's TTL expires, bounded by min_interval and "
+                              "max_interval (give those instead)", key_path="interval")
         if key not in KEYS:
             raise ConfigError(f"unknown dns resolver option; expected one of {', '.join(KEYS)}", key_path=str(key))
     server = None

@@ -118,6 +118,21 @@ def test_bad_targets(target: str) -> None:
     assert dns_threads() == before
 
 
+@pytest.mark.parametrize("target", ["dns://user:s3cret@127.0.0.1/a.test.internal:50051",
+                                    "dns://s3cret@/a.test.internal:50051"])
+def test_userinfo_in_the_target_is_not_echoed(target: str) -> None:
+    with pytest.raises(TargetError) as info:
+        build(target)
+    assert "s3cret" not in str(info.value)
+
+
+def test_the_system_resolvers_interval_says_what_the_plugin_takes_instead() -> None:
+    # A config file written for the core alone (resolver = { interval = "10s" }) meets
+    # this plugin as soon as it is installed.
+    with pytest.raises(ConfigError, match=r"^interval: the system resolver's option; .*min_interval and max_interval"):
+        build("dns:///orders.internal:50051", interval="10s")
+
+
 def test_srv_forced_with_a_port_or_an_ip_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="srv"):
         build("dns://127.0.0.1/orders.internal:50051", srv=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from discovery.errors import ConfigError, TargetError
-from discovery.target import Target
+from discovery.target import Target, redact_target
 
 __all__ = [
     "DEFAULT_WATCH_TIMEOUT",
@@ -107,7 +107,8 @@ def _text(config: Mapping[str, Any], key: str, what: str) -> str | None:
 
 def _namespace(value: str, *, key: str | None, target: Target | None = None) -> str:
     if not _DNS1123.match(value):
-        message = (f"{value!r} is not a valid namespace (lowercase letters, digits and '-', "
+        # redact_target: a namespace from the target's authority may be userinfo (user:password@).
+        message = (f"{redact_target(value)!r} is not a valid namespace (lowercase letters, digits and '-', "
                    "starting and ending with a letter or digit, at most 63 characters)")
         if key is not None:
             raise ConfigError(message, key_path=key)

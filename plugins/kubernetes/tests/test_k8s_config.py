@@ -64,6 +64,13 @@ def test_bad_targets(uri: str, fragment: str) -> None:
         kt(uri)
 
 
+@pytest.mark.parametrize("uri", ["kubernetes://user:s3cret@shop/orders", "k8s://s3cret@/orders"])
+def test_userinfo_in_the_target_is_not_echoed(uri: str) -> None:
+    with pytest.raises(TargetError) as info:
+        kt(uri)
+    assert "s3cret" not in str(info.value)
+
+
 def test_options_parse() -> None:
     assert parse_config(None) == KubeConfig()
     config = parse_config({"kubeconfig": "~/kc", "context": "prod", "namespace": "shop", "watch_timeout": "1m30s",
