@@ -140,14 +140,19 @@ class SubchannelManager:
             self._close(b)
 
     def _close(self, b: Backend) -> None:
+        # The count moves with the removal from the draining set, under one
+        # lock, so a reader never sees a backend neither draining nor counted.
         with self._drain_cond:
             timer = self._draining.pop(b, None)
-            self._drain_cond.notify_all()
+            first = not b.closed
+            if first:
+                self.closed += 1
         if timer is not None:
             timer.cancel()
-        if not b.closed:
-            self.closed += 1
+        if first:
             b.close()
+        with self._drain_cond:
+            self._drain_cond.notify_all()
 
     def wait_drained(self, timeout: float) -> bool:
         """Block until no backend is draining, or ``timeout``; any thread but the loop's."""
