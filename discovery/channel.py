@@ -29,7 +29,8 @@ else:  # the multicallables are generic only in the type stubs
     _SU = grpc.StreamUnaryMultiCallable
     _SS = grpc.StreamStreamMultiCallable
 
-from ._futures import BridgedFuture, future_on_loop, requests_off_loop, shared_loop
+from ._futures import BridgedFuture, future_on_loop, shared_loop
+from ._requests import requests_off_loop
 from .address import Address
 from .backend import Backend, BackendSnapshot, CallableKey
 from .balancer import Balancer, Metadata
