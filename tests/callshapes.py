@@ -128,19 +128,19 @@ class Client:
 
     def __init__(self, target: str, *, loop: LoopThread | None = None, service_config: Any = None,
                  options: Sequence[tuple[str, Any]] = FAST_RECONNECT, interceptors: Sequence[Any] = (),
-                 settings: discovery.ChannelSettings | None = None) -> None:
+                 settings: discovery.ChannelSettings | None = None, resolver_config: Any = None) -> None:
         self.loop = loop
         self._pool = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="test-rpc")
         self.channel: Any
         if loop is None:
             self.channel = discovery.insecure_channel(target, options, service_config=service_config,
-                                                      settings=settings)
+                                                      settings=settings, resolver_config=resolver_config)
             rpc_channel = grpc.intercept_channel(self.channel, *interceptors) if interceptors else self.channel
             self.stub = EchoStub(rpc_channel)
         else:
             async def make() -> Any:
                 return aio.insecure_channel(target, options, service_config=service_config, settings=settings,
-                                            interceptors=list(interceptors) or None)
+                                            resolver_config=resolver_config, interceptors=list(interceptors) or None)
 
             self.channel = loop.run(make())
             self.stub = EchoStub(self.channel)

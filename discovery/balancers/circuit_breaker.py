@@ -116,6 +116,10 @@ class _Picker(Picker):
             self._release_total()
         return r
 
+    def why_none(self, method: str, metadata: Metadata | None) -> tuple[bool, str]:
+        # A routing child (subset, ...) decides per RPC whether it waits, and why it failed.
+        return self._child.why_none(method, metadata)
+
     def _pick_backend(self, method: str, metadata: Metadata | None) -> PickResult | None:
         lim = self._lim
         per = self._cfg.max_per_backend
