@@ -229,7 +229,7 @@ class Channel(grpc.aio.Channel):
 
     def backends(self) -> tuple[BackendSnapshot, ...]:
         """Snapshots of the current address set, as :meth:`discovery.Channel.backends`."""
-        return tuple(b.snapshot() for b in self._core.manager.backends)
+        return tuple(b.snapshot() for b in self._core.listed)
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool | None = False) -> Any:

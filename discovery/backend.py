@@ -79,6 +79,9 @@ class Backend:
 
     ``state``, ``healthy`` and ``ejected`` are written only on the control
     thread and read anywhere without locks (single attribute reads are atomic).
+    ``shown`` is what :meth:`snapshot` reports of them and of ``address``:
+    the channel copies them there with :meth:`show` only once the balancer
+    has acted on them.
     """
 
     __slots__ = (
@@ -101,6 +104,7 @@ class Backend:
         "healthy",
         "in_flight",
         "last_error",
+        "shown",
         "state",
     )
 
@@ -114,6 +118,7 @@ class Backend:
         self.healthy = True
         self.health_checked = health_checked
         self.ejected = False
+        self.shown: tuple[Address, grpc.ChannelConnectivity, bool, bool] = (address, _C.IDLE, True, False)
         self.in_flight = 0
         self.last_error = ""
         self.closing = False
@@ -302,9 +307,19 @@ class Backend:
                 loop.call_soon_threadsafe(twin.close)
         self.aio_twins.clear()
 
+    def show(self) -> None:
+        """Let :meth:`snapshot` report the current address, state, health and ejection. Control thread.
+
+        The channel calls this after the balancer has seen a change and
+        published its picker, never before: a snapshot that says a backend
+        left READY must mean that new picks no longer return it, and one that
+        says READY that they may (see ``ChannelCore.publish_view``).
+        """
+        self.shown = (self.address, self.state, self.healthy, self.ejected)
+
     def snapshot(self) -> BackendSnapshot:
-        a = self.address
-        return BackendSnapshot(self.addr, self.state, self.healthy, self.ejected, self.in_flight,
+        a, state, healthy, ejected = self.shown
+        return BackendSnapshot(self.addr, state, healthy, ejected, self.in_flight,
                                a.weight, a.priority, a.zone, a.attributes)
 
     def __repr__(self) -> str:

@@ -202,9 +202,12 @@ class Channel(grpc.Channel):
     def backends(self) -> tuple[BackendSnapshot, ...]:
         """Snapshots of the current address set, in resolver order. Non-blocking.
 
-        Backends still draining after removal are not listed.
+        Backends still draining after removal are not listed. What this shows
+        never runs ahead of the picker: once a backend is listed as READY (and
+        healthy, not ejected) new RPCs may be picked for it, and once it is
+        listed in another state, or no longer listed, they are not.
         """
-        return tuple(b.snapshot() for b in self._core.manager.backends)
+        return tuple(b.snapshot() for b in self._core.listed)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """The aggregate connectivity state (what subscribers were last told). Non-blocking."""

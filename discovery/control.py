@@ -48,15 +48,20 @@ class ControlLoop:
 
     ``submit``, ``call_later`` and ``call_later_clock`` are thread-safe and
     never block. An exception from a callable goes to ``on_error`` (default:
-    logged) and never stops the loop.
+    logged) and never stops the loop. ``after_each``, if given, runs on the
+    loop thread after every callable and timer, whether it raised or not
+    (the channel publishes what other threads read of its state there, once
+    the whole change is done).
     """
 
     def __init__(self, name: str, clock: Clock = SYSTEM_CLOCK,
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None,
+                 after_each: Callable[[], None] | None = None) -> None:
         self._real = SYSTEM_CLOCK
         self._clock = clock
         self._fake = clock is not SYSTEM_CLOCK
         self._on_error = on_error
+        self._after_each = after_each
         self._wake = threading.Event()
         self._queue: deque[Callable[[], None]] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
@@ -151,8 +156,13 @@ class ControlLoop:
         except Exception as exc:
             if self._on_error is None:
                 log.exception("control loop callback %r failed", fn)
-                return
+            else:
+                try:
+                    self._on_error(exc)
+                except Exception:
+                    log.exception("control loop error handler failed")
+        if self._after_each is not None:
             try:
-                self._on_error(exc)
+                self._after_each()
             except Exception:
-                log.exception("control loop error handler failed")
+                log.exception("control loop after_each hook failed")

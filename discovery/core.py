@@ -67,7 +67,11 @@ class ChannelCore(PickWaits):
         self.cond = threading.Condition(threading.Lock())
         self._async_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self.closed = False
-        self.loop = ControlLoop(f"discovery-control {target}", clock=settings.clock, on_error=self._control_failed)
+        # What Channel.backends() lists, and whether it lags the manager (see publish_view).
+        self.listed: tuple[Backend, ...] = ()
+        self._view_stale = False
+        self.loop = ControlLoop(f"discovery-control {target}", clock=settings.clock, on_error=self._control_failed,
+                                after_each=self._publish_view_if_stale)
         self.manager: SubchannelManager  # set by the assembler
         self.balancer: Balancer
         self.resolver: Resolver | None = None
@@ -143,6 +147,7 @@ class ChannelCore(PickWaits):
     def report_ejection(self, subconn: SubConn, ejected: bool) -> None:
         b = subconn.backend
         b.ejected = ejected
+        self._view_stale = True
         (self._ejected.add if ejected else self._ejected.discard)(b.addr)
         if ejected:  # observability: discovery_ejections_total
             self.stats.ejections[b.addr] = self.stats.ejections.get(b.addr, 0) + 1
@@ -155,6 +160,28 @@ class ChannelCore(PickWaits):
 
     # -- control thread ---------------------------------------------------
 
+    def publish_view(self) -> None:
+        """Let ``Channel.backends()`` show the current address set and backend states. Control thread.
+
+        A backend's state changes (``Backend.poll``) before the balancer
+        hears of it, and the address set changes before the balancer gets it.
+        Were snapshots read live, a caller could see a backend leave READY (or
+        an address leave the set) and still have its next RPCs picked for it
+        by the picker not yet replaced; or see a backend READY that the
+        picker does not have yet. So what snapshots show is published only
+        here, once the control task that made the change (and the picker for
+        it) is done: the control loop calls this after every task that
+        changed something.
+        """
+        self._view_stale = False
+        listed = self.listed = self.manager.backends
+        for b in listed:
+            b.show()
+
+    def _publish_view_if_stale(self) -> None:
+        if self._view_stale:
+            self.publish_view()
+
     def make_backend_hook(self, b: Backend) -> Backend:
         # A backend re-created for an address that a policy had ejected keeps the mark.
         b.ejected = b.addr in self._ejected
@@ -166,6 +193,7 @@ class ChannelCore(PickWaits):
         before = [b.addr for b in self.manager.backends] if log.isEnabledFor(logging.INFO) else None
         try:
             changed, removed = self.manager.update(state)
+            self._view_stale = self._view_stale or changed
         except Exception as exc:
             # A state the manager cannot apply (an address grpc refuses) is a
             # resolver error: the last good set stays, whole.
@@ -267,6 +295,7 @@ class ChannelCore(PickWaits):
         else:
             changed = self.manager.poll(self.manager.watched())
         if changed:
+            self._view_stale = True
             self._log_backends(changed)
         try:
             for b in changed:
@@ -284,6 +313,7 @@ class ChannelCore(PickWaits):
             if self.closed or backend.closing:
                 return
             if backend.poll():
+                self._view_stale = True
                 self._log_backends([backend])
                 self.balancer.subconn_state(backend)
                 self._schedule_poll()
@@ -377,6 +407,7 @@ class ChannelCore(PickWaits):
                 else:
                     self.manager.drain_grace = grace
                     self.manager.start_drain_all()
+                self.publish_view()
                 started.set()
 
         self.loop.submit(run)
@@ -385,6 +416,7 @@ class ChannelCore(PickWaits):
     def finish_close(self) -> None:
         def last() -> None:
             self.manager.close_all()
+            self.publish_view()
             # Subscribers hear SHUTDOWN on the control thread, like every other state.
             self._set_state(_C.SHUTDOWN)
             self._subscribers.clear()

@@ -18,8 +18,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -53,13 +54,25 @@ def show(title: str, channel: discovery.Channel, rpcs: int) -> None:
         print(f"    {b.address:<22} {b.state.name:<18}{flags}")
 
 
-def wait_until(predicate: object, timeout: float) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Re-check ``predicate`` every 50 ms until it holds; RuntimeError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
     pause = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if predicate():  # type: ignore[operator]
-            return True
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting until {what}")
         pause.wait(0.05)
-    return False
+
+
+def usable(channel: discovery.Channel, index: int) -> bool:
+    """Whether the channel would pick backend ``index`` (READY and passing its health check).
+
+    ``backends()`` never runs ahead of the channel's picker, so once this
+    says False no new RPC goes there, and once it says True the round robin
+    rotation includes it.
+    """
+    backends = channel.backends()  # empty until the target is resolved
+    return len(backends) > index and backends[index].state is C.READY and backends[index].healthy
 
 
 def start_metrics(port: int) -> str:
@@ -101,17 +114,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = "static:///" + ",".join(addrs)
         print(f"\nclient: discovery.insecure_channel({target!r}, service_config=...)\n")
         with discovery.insecure_channel(target, service_config=SERVICE_CONFIG) as channel:
+            # Round robin splits evenly over the backends it can use; one still
+            # connecting would get a smaller share, so wait for all three.
+            channel.get_state(try_to_connect=True)
+            wait_until(lambda: all(usable(channel, i) for i in range(3)), 30, "all three backends are READY")
             show("all three backends:", channel, args.rpcs)
 
             print("\nSIGTERM to b1: it reports NOT_SERVING, drains for 1 s, then stops")
             procs[0].send_signal(signal.SIGTERM)
-            wait_until(lambda: not channel.backends()[0].healthy or channel.backends()[0].state is not C.READY, 10)
+            wait_until(lambda: not usable(channel, 0), 30, "the channel saw b1 report NOT_SERVING")
             show("after b1 left:", channel, args.rpcs)
             procs[0].wait(10)
 
-            print("\nSIGKILL to b2: no warning at all")
+            print("\nSIGKILL to b2: no warning at all; the channel notices the dropped connection")
             procs[1].kill()
             procs[1].wait(10)
+            # An RPC already written to b2's connection when it died fails, as
+            # with any gRPC client; once the channel has noticed, none goes there.
+            wait_until(lambda: not usable(channel, 1), 30, "the channel noticed that b2 is gone")
             show("after b2 was killed:", channel, args.rpcs)
             if metrics_url is not None:
                 print(f"\nclient metrics, as scraped from {metrics_url}:")

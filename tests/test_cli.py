@@ -207,8 +207,9 @@ def test_watch_shows_each_change_with_a_timestamp_until_ctrl_c(knot: object,
     assert re.fullmatch(STAMP + r" \+ 127\.0\.0\.4:50062 weight=20 priority=0 zone=", w.until("50062"))
     k.delete("a", "A", "127.0.0.3")  # type: ignore[attr-defined]
     assert re.fullmatch(STAMP + r" - 127\.0\.0\.3:50061 weight=10 priority=0 zone=", w.until("127.0.0.3"))
-    k.delete("_grpc._tcp.svc", "SRV", "0 20 50062 b")  # type: ignore[attr-defined]
-    k.add("_grpc._tcp.svc", "SRV", "0 30 50062 b")  # type: ignore[attr-defined]
+    # One atomic update (RFC 2136 replace): a delete then an add would let a lookup in between see
+    # b's record gone ("- ...50062") before it comes back, and that line is not the change under test.
+    k.set("_grpc._tcp.svc", "SRV", "0 10 50061 a", "0 30 50062 b")  # type: ignore[attr-defined]
     assert re.fullmatch(STAMP + r" ~ 127\.0\.0\.4:50062 weight=30 priority=0 zone=", w.until("50062"))
     code, err = w.interrupt()
     assert code == 130

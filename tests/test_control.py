@@ -46,6 +46,31 @@ def test_a_failing_callable_does_not_stop_the_loop() -> None:
     loop.stop()
 
 
+def test_after_each_runs_after_every_callable_and_timer_even_a_failing_one() -> None:
+    seen: list[str] = []
+    done = threading.Event()
+
+    def fail() -> None:
+        seen.append("fail")
+        raise RuntimeError("boom")
+
+    def last() -> None:
+        seen.append("last")
+        done.set()
+
+    loop = ControlLoop("t", after_each=lambda: seen.append("after"))
+    loop.submit(lambda: seen.append("a"))
+    loop.submit(fail)
+    loop.call_later(0.0, lambda: seen.append("timer"))
+    loop.call_later(0.05, last)
+    assert done.wait(5)
+    loop.stop()  # joins the loop thread: the last after_each has run
+    # A timer may run before or after a callable submitted earlier; each task is followed by after_each.
+    assert seen[1::2] == ["after"] * 4
+    assert sorted(seen[0::2]) == ["a", "fail", "last", "timer"]
+    assert seen[-2] == "last"
+
+
 def test_backoff_follows_grpc_numbers() -> None:
     b = Backoff(_rng=random.Random(1))
     delays = [b.next() for _ in range(14)]
