@@ -137,7 +137,7 @@ def test_all_backends_down_fails_fast_then_wait_for_ready_succeeds_when_one_star
         t0 = time.monotonic()
         with pytest.raises(grpc.RpcError) as info:
             stub.Unary(b"", timeout=30)
-        assert time.monotonic() - t0 < 1.0  # fail-fast: no waiting on a 30 s deadline
+        assert time.monotonic() - t0 < 5.0  # fail-fast: no waiting on a 30 s deadline
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE
         assert ch.target in info.value.details() and "0 of 2 backends ready" in info.value.details()
         # .future() fails fast the same way and never raises at call time.

@@ -242,7 +242,8 @@ def test_resolve_now_is_rate_limited_by_min_interval(
     t0 = time.monotonic()
     for _ in range(1000):
         r.resolve_now()
-    assert time.monotonic() - t0 < 1.0, "resolve_now() blocked"
+    # A blocking resolve_now would wait for a lookup the fake clock never lets happen.
+    assert time.monotonic() - t0 < 5.0, "resolve_now() blocked"
     assert clock.wait_for_blocked() == pytest.approx([2.0])  # the storm: one lookup when 2 s have passed
     assert lookup.calls == 1
     clock.advance(1.0)
@@ -323,7 +324,7 @@ def test_close_returns_at_once_while_a_blocking_lookup_is_pending(
     assert entered.wait(5)
     t0 = time.monotonic()
     r.close()
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 5.0  # waiting for the lookup would take 10 s
     assert not r.join(0)  # close() did not wait for the blocked thread
     release.set()
     assert r.join(5)
@@ -511,7 +512,7 @@ def test_async_watch_runs_on_a_private_loop_and_close_cancels_it(
     assert waiting.wait(5)
     t0 = time.monotonic()
     r.close()
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 5.0  # the watch never ends by itself
     assert cancelled.wait(5) and r.join(5)
     assert listener.states == [A] and listener.errors == []  # the cancellation is no error
     assert loops[0].is_closed()
@@ -588,7 +589,7 @@ def test_close_interrupts_a_pending_long_poll(
     wait_for(lambda: in_call("discovery-resolver test", "readinto"), message="watch blocked in the GET")
     t0 = time.monotonic()
     r.close()
-    assert time.monotonic() - t0 < 0.5, "close() waited"
+    assert time.monotonic() - t0 < 5.0, "close() waited"  # for a GET that is never answered
     assert r.join(5), "the interrupter did not wake the blocked GET"
     assert outcomes == ["RemoteDisconnected"]
     assert listener.states == [A] and listener.errors == []  # the aborted GET is not reported
@@ -610,7 +611,7 @@ def test_async_watch_on_a_real_socket_is_cancelled_by_close(
     assert silent_server.received.wait(5)
     t0 = time.monotonic()
     r.close()
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 5.0  # the read never ends by itself
     assert r.join(5)
     assert listener.states == [] and listener.errors == []
 
@@ -815,7 +816,7 @@ def test_resolve_now_does_not_wait_for_a_listener_call_in_progress(clock: FakeCl
     assert entered.wait(5)
     t0 = time.monotonic()
     r.resolve_now()
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 5.0  # the listener call holds for 10 s
     release.set()
     listener.wait_for_count(states=2)  # the request was kept: a second lookup ran at once
     assert lookup.calls == 2

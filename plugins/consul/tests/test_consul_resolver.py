@@ -231,9 +231,9 @@ def test_close_interrupts_a_pending_long_poll_at_once(agent: ConsulTestAgent, ma
     agent.wait_for_pending("orders")
     t0 = time.monotonic()
     resolver.close()
-    assert time.monotonic() - t0 < 0.1, "close() blocked"
-    assert resolver.join(1.0), "the watch thread did not end"
-    assert time.monotonic() - t0 < 1.0
+    # The pending long poll waits 300 s: anything near that is close() blocking or the thread not ending.
+    assert time.monotonic() - t0 < 2.0, "close() blocked"
+    assert resolver.join(5.0), "the watch thread did not end"
     wait_for(lambda: agent.pending("orders") == 0, 2, message="the agent saw the connection close")
     seen = (len(listener.states), len(listener.errors))
     agent.register("orders", 5002, service_id="b")
