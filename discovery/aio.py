@@ -30,9 +30,8 @@ hedges happen below them, as in gRPC.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -40,15 +39,12 @@ import grpc.aio
 from grpc.aio import _interceptor as _grpc_interceptor
 
 from . import _from_config, _open
-from .address import Address
 from .backend import Backend, BackendSnapshot, CallableKey
-from .balancer import Balancer, Metadata
+from .balancer import Metadata
 from .calls.aio import AioStreamCall, AioUnaryCall, make_ctx
-from .config import ServiceConfig
-from .core import ChannelCore, assemble, backend_factory
+from .core import ChannelCore, build_core
 from .errors import ConfigError
 from .methodconfig import MethodConfig
-from .resolver import Resolver
 from .settings import ChannelSettings
 
 __all__ = ["Channel", "channel_from_config", "insecure_channel", "secure_channel"]
@@ -359,20 +355,6 @@ def channel_from_config(service: str, path: str | os.PathLike[str] | None = None
     return _intercepted_by(_from_config(service, path, settings, aio=True), checked)
 
 
-def build_aio_channel(
-    *,
-    target: str,
-    resolver_factory: Callable[[ChannelCore], Resolver],
-    balancer_factory: Callable[[ChannelCore], Balancer],
-    make_channel: Callable[[Address], grpc.Channel],
-    settings: ChannelSettings,
-    service_config: ServiceConfig,
-    make_aio_channel: Callable[[Address], grpc.aio.Channel],
-) -> Channel:
-    """Assemble an asyncio channel: grpc.aio backend channels only (``make_channel`` unused)."""
-    core = ChannelCore(target, settings, service_config)
-    # Made outside a loop: bound at the first RPC or channel_ready().
-    with contextlib.suppress(RuntimeError):
-        core.aio_loop = asyncio.get_running_loop()
-    assemble(core, backend_factory(core, None, make_aio_channel), resolver_factory, balancer_factory)
-    return Channel(core)
+def build_aio_channel(**parts: Any) -> Channel:
+    """Assemble an asyncio channel (see :func:`discovery.core.build_core` for the parts)."""
+    return Channel(build_core(**parts, aio=True))

@@ -31,15 +31,12 @@ else:  # the multicallables are generic only in the type stubs
 
 from ._futures import BridgedFuture, future_on_loop, shared_loop
 from ._requests import requests_off_loop
-from .address import Address
 from .backend import Backend, BackendSnapshot, CallableKey
-from .balancer import Balancer, Metadata
+from .balancer import Metadata
 from .calls.aio import AioUnaryCall, make_ctx
 from .calls.blocking import blocking_unary, start_stream
-from .config import ServiceConfig
-from .core import ChannelCore, assemble, backend_factory
+from .core import ChannelCore, build_core
 from .methodconfig import MethodConfig
-from .resolver import Resolver
 from .settings import ChannelSettings
 
 __all__ = ["Channel", "ChannelSettings"]
@@ -235,19 +232,6 @@ class Channel(grpc.Channel):
         return f"<discovery.Channel {self._core.target} {self._core.state.name}>"
 
 
-
-
-def build_channel(
-    *,
-    target: str,
-    resolver_factory: Callable[[ChannelCore], Resolver],
-    balancer_factory: Callable[[ChannelCore], Balancer],
-    make_channel: Callable[[Address], grpc.Channel],
-    settings: ChannelSettings,
-    service_config: ServiceConfig,
-    make_aio_channel: Callable[[Address], grpc.aio.Channel],
-) -> Channel:
-    """Assemble a sync channel. Every part is built before anything starts resolving."""
-    core = ChannelCore(target, settings, service_config)
-    assemble(core, backend_factory(core, make_channel, make_aio_channel), resolver_factory, balancer_factory)
-    return Channel(core)
+def build_channel(**parts: Any) -> Channel:
+    """Assemble a sync channel (see :func:`discovery.core.build_core` for the parts)."""
+    return Channel(build_core(**parts))

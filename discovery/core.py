@@ -16,6 +16,7 @@ except :meth:`wait_pick`, which an RPC calls only when nothing can be picked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -47,7 +48,7 @@ from .resolver import Resolver
 from .settings import ChannelSettings
 from .streams import BackendStream
 
-__all__ = ["ChannelCore", "assemble", "backend_factory"]
+__all__ = ["ChannelCore", "assemble", "backend_factory", "build_core"]
 
 log = logging.getLogger("discovery.channel")
 
@@ -468,6 +469,25 @@ def backend_factory(core: ChannelCore, make_channel: Callable[[Address], grpc.Ch
         return core.make_backend_hook(b)
 
     return make
+
+
+def build_core(*, target: str, resolver_factory: Callable[[ChannelCore], Resolver],
+               balancer_factory: Callable[[ChannelCore], Balancer], make_channel: Callable[[Address], grpc.Channel],
+               settings: ChannelSettings, service_config: ServiceConfig,
+               make_aio_channel: Callable[[Address], grpc.aio.Channel], aio: bool = False) -> ChannelCore:
+    """A channel's core with its manager, balancer and resolver, for either facade.
+
+    Every part is built before anything starts resolving. An asyncio core makes
+    grpc.aio backend channels only (``make_channel`` unused), on the running loop
+    if there is one, else on the loop of its first RPC or ``channel_ready()``.
+    """
+    core = ChannelCore(target, settings, service_config)
+    if aio:
+        with contextlib.suppress(RuntimeError):
+            core.aio_loop = asyncio.get_running_loop()
+    assemble(core, backend_factory(core, None if aio else make_channel, make_aio_channel), resolver_factory,
+             balancer_factory)
+    return core
 
 
 def assemble(core: ChannelCore, make_backend: Callable[[Address], Backend],
