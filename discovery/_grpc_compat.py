@@ -65,6 +65,22 @@ def aio_state_reader(channel: grpc.aio.Channel) -> Callable[[bool], grpc.Channel
 AIO_WRITE_RACE_DETAILS = "Internal error from Core"
 
 
+def aio_code_now(call: Any) -> grpc.StatusCode:
+    """The status code of a done grpc.aio call, read without awaiting (its ``code()`` is a
+    coroutine, and this runs once per RPC). Falls back to that getter where the call
+    object is not grpc's own."""
+    status = getattr(getattr(call, "_cython_call", None), "_status", None)
+    if status is None:
+        code = call.code()
+        try:
+            code.send(None)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        code.close()
+        raise RuntimeError("the call is not finished")
+    return _common.CYGRPC_STATUS_CODE_TO_STATUS_CODE[status.code()]
+
+
 def aio_status_now(call: object) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]] | None:
     """The status a grpc.aio call holds at this moment (None if none yet), read without awaiting.
 

@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from ._futures import AioTwin, shared_loop
+from ._futures import AioTwin
 from ._grpc_compat import aio_state_reader, state_reader
 from .address import Address
 
@@ -94,6 +94,7 @@ class Backend:
         "addr",
         "address",
         "aio_twins",
+        "backend",
         "callables",
         "channel",
         "closed",
@@ -113,6 +114,9 @@ class Backend:
                  aio_loop: asyncio.AbstractEventLoop | None = None, health_checked: bool = False) -> None:
         self.address = address
         self.addr = address.addr
+        # The backend itself, as views of it made by parent policies name it:
+        # an attribute, not a property, because every RPC reads it.
+        self.backend = self
         self.channel = channel
         self.state: grpc.ChannelConnectivity = _C.IDLE
         self.healthy = True
@@ -139,11 +143,6 @@ class Backend:
         elif aio_loop is not None:
             # The aio channel must be made on its loop; until then the backend is IDLE.
             aio_loop.call_soon_threadsafe(self._open_primary)
-
-    @property
-    def backend(self) -> Backend:
-        """The backend itself (views of it made by parent policies point here too)."""
-        return self
 
     # -- data plane -------------------------------------------------------
 
@@ -172,10 +171,6 @@ class Backend:
             drained = self.closing and self.in_flight == 0
         if drained and self._on_idle is not None:
             self._on_idle(self)
-
-    def twin(self) -> AioTwin:
-        """The twin on the shared futures loop. That loop's thread only."""
-        return self.twin_for(shared_loop().loop)
 
     def twin_for(self, loop: asyncio.AbstractEventLoop) -> AioTwin:
         """The backend's grpc.aio channel for ``loop``, made on first use. ``loop``'s thread only."""

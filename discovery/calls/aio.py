@@ -17,17 +17,24 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
 from .._calls import LocalRpcError
+from ..balancer import Drop, Metadata, PickResult
+from . import books
 from .aio_stream import AioStreamCall
-from .context import CallContext, aio_error, make_ctx, now
+from .books import unused
+from .context import CallContext, aio_error, now, unary_books
 from .hedging import run_hedged
 
-__all__ = ["AioStreamCall", "AioUnaryCall", "CallContext", "aio_error", "make_ctx", "now"]
+if TYPE_CHECKING:
+    from ..backend import CallableKey
+    from ..core import ChannelCore
+
+__all__ = ["AioStreamCall", "AioUnaryCall", "CallContext", "aio_error", "now", "start_unary"]
 
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -45,46 +52,78 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
     # returned; under interceptors the call always gets a request iterator.
     _done_writing_flag = False
 
-    def __init__(self, ctx: CallContext, replayable: bool) -> None:
+    # Defaults at class level: an RPC sets only what changes for it.
+    _call: Any = None  # the current (at the end: the deciding) attempt
+    _ctx: CallContext | None = None
+    _error: grpc.aio.AioRpcError | None = None
+    _response: Any = None
+    _done = False
+    _cancelled = False
+    _outcome: asyncio.Future[None] | None = None
+    _running = False
+    _callbacks: list[Callable[[Any], None]] | None = None
+    _replayable = True
+    # A call started by start_unary: its first backend and what a CallContext needs.
+    _first: Any = None
+    _args: tuple[Any, ...] = ()
+
+    def __init__(self, ctx: CallContext, replayable: bool, first: PickResult | None = None) -> None:
         self._ctx = ctx
-        self._replayable = replayable
         if not replayable:
+            self._replayable = False
             ctx.no_replay()
-        self._call: Any = None  # the current (at the end: the deciding) attempt
-        self._error: grpc.aio.AioRpcError | None = None
-        self._response: Any = None
-        self._done = False
-        self._cancelled = False
-        self._outcome: asyncio.Future[None] | None = None
-        self._running = False
-        self._callbacks: list[Callable[[Any], None]] = []
-        pr = ctx.pick_now()
+        pr = first if first is not None else ctx.pick_now()
         if pr is not None:
             self._call = ctx.start(pr)
 
+    @classmethod
+    def _begun(cls, call: Any, first: Any, args: tuple[Any, ...]) -> AioUnaryCall:
+        self = cls.__new__(cls)
+        self._call = call
+        self._first = first
+        self._args = args
+        return self
+
+    def _context(self) -> CallContext:
+        """The call's :class:`CallContext`, made when first needed (a call from
+        :func:`start_unary` needs one only if its first attempt fails)."""
+        ctx = self._ctx
+        if ctx is None:
+            core, key, method, request, deadline, metadata, credentials, wfr, compression, loop = self._args
+            ctx = CallContext(core, key, method, request, None, metadata, credentials, wfr, compression, None, loop)
+            ctx.deadline = deadline
+            ctx.tried.append(self._first)
+            self._ctx = ctx
+        return ctx
+
     # -- running ----------------------------------------------------------------
 
-    async def _run(self) -> None:
-        ctx = self._ctx
+    async def _run(self, first_error: grpc.aio.AioRpcError | None = None) -> None:
+        """Drive the attempts to the end. ``first_error`` is how the first attempt
+        (awaited by :meth:`__await__` itself) failed."""
+        ctx = self._context()
         try:
             if ctx.hedged:
                 await self._hedged()
                 return
-            if self._call is not None and ctx._att is None:
-                # The common case: no policy and the first attempt already
-                # started. Only if it fails is an Attempts value made.
+            if first_error is None and self._call is not None and ctx._att is None:
+                # No policy and the first attempt already started. Only if it
+                # fails is an Attempts value made.
                 try:
                     self._response = await self._call
                     return
                 except grpc.aio.AioRpcError as exc:
-                    if not self._replayable:
-                        raise ctx.real_error(self._call, exc) from None
-                    delay = ctx.att.after_failure(exc.code(), exc.details(), exc.trailing_metadata())
-                    if delay is None:
-                        raise
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    self._call = None
+                    first_error = exc
+            if first_error is not None:
+                if not self._replayable:
+                    raise ctx.real_error(self._call, first_error) from None
+                delay = ctx.att.after_failure(first_error.code(), first_error.details(),
+                                              first_error.trailing_metadata())
+                if delay is None:
+                    raise first_error
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self._call = None
             att = ctx.att
             while True:
                 if self._call is None:
@@ -120,7 +159,7 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
             self._finish()
 
     async def _hedged(self) -> None:
-        self._call, self._response = await run_hedged(self._ctx, self._call)
+        self._call, self._response = await run_hedged(self._context(), self._call)
 
     def _cancel_attempts(self) -> None:
         if self._call is not None:
@@ -130,8 +169,8 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         self._done = True
         if self._outcome is not None and not self._outcome.done():
             self._outcome.set_result(None)
-        callbacks, self._callbacks = self._callbacks, []
-        for cb in callbacks:
+        callbacks, self._callbacks = self._callbacks, None
+        for cb in callbacks or ():
             cb(self)
 
     async def _wait(self) -> None:
@@ -148,9 +187,31 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
 
     def __await__(self) -> Generator[Any, None, Any]:
         if not self._running and not self._done:
-            # The first awaiter drives the attempts itself: one frame less per step.
+            # The first awaiter drives the attempts itself.
             self._running = True
-            yield from self._run().__await__()
+            call = self._call
+            ctx = self._ctx
+            if call is not None and (ctx is None or ctx._att is None) and self._replayable:
+                # The common case (no policy, the first attempt started): await
+                # grpc's call right here, one coroutine less per RPC; anything
+                # else continues in _run.
+                try:
+                    self._response = yield from call.__await__()
+                except grpc.aio.AioRpcError as exc:
+                    yield from self._run(exc).__await__()
+                except asyncio.CancelledError:
+                    self._cancel_attempts()
+                    self._cancelled = True
+                    self._finish()
+                    raise
+                except BaseException:
+                    self._finish()
+                    raise
+                self._done = True
+                if self._outcome is not None or self._callbacks:
+                    self._finish()
+            else:
+                yield from self._run().__await__()
         else:
             yield from self._wait().__await__()
         if self._cancelled:
@@ -188,7 +249,8 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
     async def _started(self) -> Any:
         # A stream-unary call driven by write(): its one attempt, started once picked.
         while self._call is None:
-            self._call = self._ctx.start(await self._ctx.pick())
+            ctx = self._context()
+            self._call = ctx.start(await ctx.pick())
         return self._call
 
     async def write(self, request: Any) -> None:
@@ -213,11 +275,51 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         return self._done
 
     def time_remaining(self) -> float | None:
-        d = self._ctx.deadline
+        d = self._args[4] if self._ctx is None else self._ctx.deadline
         return None if d is None else max(0.0, d - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if self._done:
             callback(self)
         else:
+            if self._callbacks is None:
+                self._callbacks = []
             self._callbacks.append(callback)
+
+
+def start_unary(core: ChannelCore, key: CallableKey, method: str, request: Any, timeout: float | None,
+                metadata: Metadata | None, credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
+                compression: grpc.Compression | None, loop: asyncio.AbstractEventLoop) -> AioUnaryCall:
+    """A unary-unary RPC with no method config, on ``loop``: the common call, started
+    without a :class:`CallContext` (made only if the first attempt fails).
+
+    Anything else (no pick yet, a picker that wants the attempt's result, an
+    observer, a backend closed under us) goes the general way, with the pick
+    already made handed over.
+    """
+    pr = None
+    if books.observer is None and not core.closed:
+        try:
+            pr = core.picker.pick(method, metadata)
+        except Drop:
+            pr = None  # the general path picks again and raises the drop
+    if pr is None or pr.done is not None or not pr.subconn.backend.begin():
+        ctx = CallContext(core, key, method, request, timeout, metadata, credentials, wait_for_ready, compression,
+                          None, loop)
+        return AioUnaryCall(ctx, True, pr)
+    b = pr.subconn.backend
+    t0 = time.perf_counter()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        twin = b.aio_twins.get(loop) or b.twin_for(loop)
+        mcall = twin.callables.get(key) or twin.callable(key)
+        # wait_for_ready is the channel's job, as in CallContext.start.
+        call = mcall(request, timeout=timeout, metadata=metadata, credentials=credentials, wait_for_ready=None,
+                     compression=compression)
+    except BaseException:
+        b.end()
+        unused(pr)
+        raise
+    call.add_done_callback(unary_books(core, pr, t0, method))
+    return AioUnaryCall._begun(call, b, (core, key, method, request, deadline, metadata, credentials,
+                                         wait_for_ready, compression, loop))

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..core import ChannelCore
     from ..observe import Observer
 
-__all__ = ["begin_attempt", "dropped", "end_attempt", "metadata_tuple", "set_observer", "unused"]
+__all__ = ["begin_attempt", "dropped", "end_attempt", "metadata_tuple", "observer", "set_observer", "unused"]
 
 log = logging.getLogger("discovery.channel")
 
@@ -31,14 +31,16 @@ _OK = grpc.StatusCode.OK
 # -- observability hook (discovery.observe) ------------------------------------
 # The process-wide observer (metrics, tracing), or None. Read once per attempt
 # start and end: with nobody observing, that one global read is all the hot
-# path pays. Set only through discovery.observe.add_observer/remove_observer.
-_observer: Observer | None = None
+# path pays (the drivers' hot paths read it as ``books.observer`` and call
+# begin_attempt/end_attempt only when it is set). Set only through
+# discovery.observe.add_observer/remove_observer.
+observer: Observer | None = None
 
 
-def set_observer(observer: Observer | None) -> None:
+def set_observer(new: Observer | None) -> None:
     """Install the one observer every attempt reports to (see :mod:`discovery.observe`)."""
-    global _observer
-    _observer = observer
+    global observer
+    observer = new
 # -- end of the observability hook -----------------------------------------------
 
 
@@ -57,7 +59,7 @@ def begin_attempt(core: ChannelCore, pr: PickResult, method: str, att: Attempts 
     b = pr.subconn.backend
     if not b.begin():
         return False
-    obs = _observer
+    obs = observer
     if obs is not None:
         try:
             obs.attempt_started(core, b, method, att)
@@ -74,7 +76,7 @@ def end_attempt(core: ChannelCore, pr: PickResult, t0: float, code: grpc.StatusC
     if code is not _OK:
         core.attempt_failed(b, code, details)
     done = pr.done
-    obs = _observer
+    obs = observer
     if done is None and obs is None:
         return
     info = DoneInfo(code, time.perf_counter() - t0, metadata_tuple(trailing))

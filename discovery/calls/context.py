@@ -17,19 +17,19 @@ import grpc
 import grpc.aio
 
 from .._calls import LocalRpcError
-from .._grpc_compat import AIO_WRITE_RACE_DETAILS, aio_status_now
+from .._grpc_compat import AIO_WRITE_RACE_DETAILS, aio_code_now, aio_status_now
 from ..attempts import Attempts, effective_deadline
 from ..balancer import Drop, Metadata, PickResult
 from ..methodconfig import MethodConfig
+from . import books
 from .blocking import wait_for_ready_of
 from .books import begin_attempt, end_attempt, unused
 
 if TYPE_CHECKING:
-    from .._futures import AioTwin
-    from ..backend import Backend, CallableKey
+    from ..backend import CallableKey
     from ..core import ChannelCore
 
-__all__ = ["CallContext", "Status", "TwinOf", "aio_error", "make_ctx", "now"]
+__all__ = ["CallContext", "Status", "aio_error", "now", "unary_books"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -40,8 +40,6 @@ _RACE_CHECKS = 2000
 
 Status = tuple[grpc.StatusCode, str | None, Any]
 
-TwinOf = Callable[["Backend"], "AioTwin"]
-
 
 def now(coro: Any) -> Any:
     """The value of a coroutine that finishes without suspending (a done call's getters)."""
@@ -51,6 +49,31 @@ def now(coro: Any) -> Any:
         return stop.value
     coro.close()
     raise RuntimeError("the call is not finished")
+
+
+def _status(c: Any, pr: PickResult) -> Status:
+    """The status of the done grpc.aio call ``c``, read without awaiting; trailing
+    metadata only where someone reads it."""
+    code = aio_code_now(c)
+    details = None if code is _OK else now(c.details())
+    trailing = now(c.trailing_metadata()) if (code is not _OK or pr.done is not None) else ()
+    return code, details, trailing
+
+
+def unary_books(core: ChannelCore, pr: PickResult, t0: float, method: str) -> Callable[[Any], None]:
+    """The done-callback that closes the books of an attempt with a unary request
+    (one closure per attempt: this runs for every RPC)."""
+    b = pr.subconn.backend
+
+    def close_books(c: Any) -> None:
+        if pr.done is None and aio_code_now(c) is _OK and books.observer is None:
+            b.end()  # all that end_attempt would do
+        elif c.cancelled():
+            end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
+        else:
+            end_attempt(core, pr, t0, *_status(c, pr), method)
+
+    return close_books
 
 
 def aio_error(exc: LocalRpcError) -> grpc.aio.AioRpcError:
@@ -66,12 +89,13 @@ class CallContext:
     attempt): the common RPC with no method config never builds one.
     """
 
-    __slots__ = ("_att", "arg", "compression", "core", "credentials", "deadline", "ended", "key", "mc", "metadata",
-                 "method", "replay", "tried", "twin_of", "wfr")
+    __slots__ = ("_att", "arg", "compression", "core", "credentials", "deadline", "ended", "key", "loop", "mc",
+                 "metadata", "method", "replay", "tried", "wfr")
 
     def __init__(self, core: ChannelCore, key: CallableKey, method: str, arg: Any, timeout: float | None,
                  metadata: Metadata | None, credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
-                 compression: grpc.Compression | None, mc: MethodConfig | None, twin_of: TwinOf) -> None:
+                 compression: grpc.Compression | None, mc: MethodConfig | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.core = core
         self.key = key
         self.method = method
@@ -79,10 +103,15 @@ class CallContext:
         self.metadata = metadata
         self.credentials = credentials
         self.compression = compression
-        self.twin_of = twin_of
+        # Attempts go to each backend's grpc.aio channel on this loop.
+        self.loop = loop
         self.mc = mc
-        self.deadline = None if timeout is None and mc is None else effective_deadline(timeout, mc, time.monotonic())
-        self.wfr = wait_for_ready if mc is None else wait_for_ready_of(wait_for_ready, mc)
+        if mc is None:
+            self.deadline = None if timeout is None else time.monotonic() + timeout
+            self.wfr = wait_for_ready
+        else:
+            self.deadline = effective_deadline(timeout, mc, time.monotonic())
+            self.wfr = wait_for_ready_of(wait_for_ready, mc)
         self.tried: list[Any] = []
         self.replay = True
         # How each attempt of a request-streaming call ended, as its books saw it (by id of the
@@ -139,7 +168,7 @@ class CallContext:
     def start(self, pr: PickResult) -> Any | None:
         """Begin and start one attempt on ``pr``; None if its backend closed under us."""
         b = pr.subconn.backend
-        started = begin_attempt(self.core, pr, self.method, self._att)
+        started = b.begin() if books.observer is None else begin_attempt(self.core, pr, self.method, self._att)
         self.tried.append(b)
         if not started:
             unused(pr)
@@ -150,32 +179,35 @@ class CallContext:
         else:
             timeout = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
         try:
-            mcall = self.twin_of(b).callable(self.key)
+            twin = b.aio_twins.get(self.loop) or b.twin_for(self.loop)
+            mcall = twin.callables.get(self.key) or twin.callable(self.key)
+            # wait_for_ready is the channel's job (no backend channel's service
+            # config sets it), as for blocking calls.
             call = mcall(self.arg, timeout=timeout, metadata=self.metadata,
-                         credentials=self.credentials, wait_for_ready=False, compression=self.compression)
+                         credentials=self.credentials, wait_for_ready=None, compression=self.compression)
         except BaseException:
             b.end()
             unused(pr)
             raise
         core, method, ended = self.core, self.method, self.ended
 
+        if ended is None:
+            call.add_done_callback(unary_books(core, pr, t0, method))
+            return call
+
         def close(c: Any, code: grpc.StatusCode, details: str | None, trailing: Any) -> None:
-            if ended is not None:
-                ended[id(c)] = (code, details, trailing)
+            ended[id(c)] = (code, details, trailing)
             end_attempt(core, pr, t0, code, details, trailing, method)
 
-        def books(c: Any) -> None:
-            # The call is done, so its getters finish without suspending.
+        def stream_books(c: Any) -> None:
             if c.cancelled():
                 end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
                 return
-            code = now(c.code())
-            details = None if code is _OK else now(c.details())
-            if ended is not None and code is _INTERNAL and details == AIO_WRITE_RACE_DETAILS:
+            code, details, trailing = _status(c, pr)
+            if code is _INTERNAL and details == AIO_WRITE_RACE_DETAILS:
                 # grpc.aio's failed write ended the call early: the server's status is on its way.
                 after_write_race(c, 0)
                 return
-            trailing = now(c.trailing_metadata()) if (code is not _OK or pr.done is not None) else ()
             close(c, code, details, trailing)
 
         def after_write_race(c: Any, checks: int) -> None:
@@ -185,7 +217,7 @@ class CallContext:
             else:
                 asyncio.get_running_loop().call_later(0.001, after_write_race, c, checks + 1)
 
-        call.add_done_callback(books)
+        call.add_done_callback(stream_books)
         return call
 
     def real_error(self, call: Any, exc: grpc.aio.AioRpcError) -> grpc.aio.AioRpcError:
@@ -203,9 +235,3 @@ class CallContext:
             return None
         real = self.ended.get(id(call))
         return None if real is None or real[1] == AIO_WRITE_RACE_DETAILS else real
-
-
-def make_ctx(core: ChannelCore, key: CallableKey, method: str, arg: Any, timeout: float | None,
-             metadata: Metadata | None, credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
-             compression: grpc.Compression | None, mc: MethodConfig | None, twin_of: TwinOf) -> CallContext:
-    return CallContext(core, key, method, arg, timeout, metadata, credentials, wait_for_ready, compression, mc, twin_of)
