@@ -1,4 +1,4 @@
-"""``python -m bench [run|threads|tail|picks|micro|report] ...`` — see :mod:`bench` and ``--help``."""
+"""``python -m bench [run|threads|tail|picks|micro|instructions|report] ...`` — see :mod:`bench` and ``--help``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     pk = sub.add_parser("picks", help="pick cost of every policy at 10, 1k and 10k backends (the micro subset)")
     pk.add_argument("--quick", action="store_true")
 
+    ins = sub.add_parser("instructions", help="client instructions per RPC under valgrind's callgrind (repeatable "
+                                             "to ~1 %%, unlike CPU time on a shared machine)")
+    ins.add_argument("--mode", choices=["sync", "aio"], default="sync")
+    ins.add_argument("--variants", type=_csv, default=["B", "D"], help="comma list (default B,D)")
+    ins.add_argument("--rpcs", type=_ints, default=None,
+                     help="n1,n2: RPCs in the two runs per variant (default 200,1200 sync; 320,1600 aio)")
+
     rp = sub.add_parser("report", help="render RESULTS.md from the JSON of run/micro")
     rp.add_argument("--run", action="append", default=[], help="JSON of a run (repeatable: one per N)")
     rp.add_argument("--micro", default=None)
@@ -83,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg)
         errors = sum(r["errors"] for r in summary["rows"])
         return 1 if errors else 0
+    if args.cmd == "instructions":
+        from .instructions import run_instructions
+
+        n1, n2 = args.rpcs or ((200, 1200) if args.mode == "sync" else (320, 1600))
+        run_instructions(args.mode, args.variants, n1, n2)
+        return 0
     if args.cmd == "tail":
         from .tail import run_tail
 

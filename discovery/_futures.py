@@ -44,6 +44,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from ._calls import LocalRpcError
 from ._requests import RequestsOffLoop
 
 __all__ = ["AioTwin", "BridgedFuture", "FutureLoop", "future_on_loop", "shared_loop"]
@@ -211,7 +212,10 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
             return  # cancel() already finished the future
         try:
             call = make()
-        except Exception as exc:  # e.g. a serializer failing: the RPC fails, the loop goes on
+        except LocalRpcError as exc:  # failed by the channel before any attempt
+            self._finish(None, exc.code(), exc.details(), None)
+            return
+        except Exception as exc:  # anything else: the RPC fails, the loop goes on
             self._finish(None, grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}", None)
             return
         self._call = call

@@ -12,6 +12,7 @@ attempt ends up on a plain grpc channel.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +30,7 @@ else:  # the multicallables are generic only in the type stubs
     _SU = grpc.StreamUnaryMultiCallable
     _SS = grpc.StreamStreamMultiCallable
 
+from ._calls import LocalRpcError
 from ._futures import BridgedFuture, future_on_loop, shared_loop
 from ._requests import requests_off_loop
 from .backend import BackendSnapshot, CallableKey
@@ -40,6 +42,8 @@ from .methodconfig import MethodConfig
 from .settings import ChannelSettings
 
 __all__ = ["Channel", "ChannelSettings"]
+
+log = logging.getLogger("discovery.channel")
 
 
 class _MultiCallable:
@@ -65,8 +69,21 @@ class _MultiCallable:
             arg = requests_off_loop(arg)
 
         loops = shared_loop()
+        ser = key[2] if replayable else None
+        if ser is not None:
+            # The request is serialized here, once for every attempt, as grpcio's own
+            # future does: grpc.aio would send an empty message when the serializer
+            # fails, where grpcio fails the RPC.
+            key = (key[0], key[1], None, key[3], key[4])
 
         def make() -> AioUnaryCall:
+            nonlocal arg
+            if ser is not None:
+                try:
+                    arg = ser(arg)
+                except Exception:
+                    log.exception("Exception serializing message!")
+                    raise LocalRpcError(grpc.StatusCode.INTERNAL, "Exception serializing request!") from None
             if mc is None and key[0] == "unary_unary":
                 return start_unary(core, key, method, arg, timeout, metadata, credentials, wait_for_ready,
                                    compression, loops.loop)

@@ -35,3 +35,14 @@ def test_tail_and_picks_quick_run_every_policy() -> None:
     assert all(r["errors"] == 0 and r["rpcs"] == 96 for r in out["rows"])
     # discovery's round_robin rotates exactly: a third of the RPCs reach the slow backend.
     assert next(r for r in out["rows"] if r["policy"] == "round_robin")["slow_share"] == 1 / 3
+
+
+def test_instructions_child_runs_both_modes() -> None:
+    # What `python -m bench instructions` runs under callgrind, here without valgrind (too slow for the suite).
+    from bench.procs import BackendProcess
+
+    with BackendProcess(2) as bp:
+        for mode in ("sync", "aio"):
+            for variant in ("B", "D"):
+                subprocess.run([sys.executable, "-m", "bench.instructions", "child", mode, variant, "64",
+                                ",".join(bp.targets)], cwd=ROOT, timeout=120, check=True, capture_output=True)
