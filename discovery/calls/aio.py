@@ -23,11 +23,12 @@ import grpc
 import grpc.aio
 
 from .._calls import LocalRpcError
+from .._grpc_compat import aio_code_now
 from ..balancer import Drop, Metadata, PickResult
 from . import books
 from .aio_stream import AioStreamCall
-from .books import unused
-from .context import CallContext, aio_error, now, unary_books
+from .books import end_attempt, unused
+from .context import CallContext, aio_error, attempt_status, now
 from .hedging import run_hedged
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AioStreamCall", "AioUnaryCall", "CallContext", "aio_error", "now", "start_unary"]
 
+_OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
@@ -63,7 +65,8 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
     _running = False
     _callbacks: list[Callable[[Any], None]] | None = None
     _replayable = True
-    # A call started by start_unary: its first backend and what a CallContext needs.
+    # A call started by start_unary: its first backend, and what a CallContext and
+    # the first attempt's books need (see start_unary).
     _first: Any = None
     _args: tuple[Any, ...] = ()
 
@@ -76,25 +79,30 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         if pr is not None:
             self._call = ctx.start(pr)
 
-    @classmethod
-    def _begun(cls, call: Any, first: Any, args: tuple[Any, ...]) -> AioUnaryCall:
-        self = cls.__new__(cls)
-        self._call = call
-        self._first = first
-        self._args = args
-        return self
-
     def _context(self) -> CallContext:
         """The call's :class:`CallContext`, made when first needed (a call from
         :func:`start_unary` needs one only if its first attempt fails)."""
         ctx = self._ctx
         if ctx is None:
-            core, key, method, request, deadline, metadata, credentials, wfr, compression, loop = self._args
+            core, key, method, request, deadline, metadata, credentials, wfr, compression, loop = self._args[:10]
             ctx = CallContext(core, key, method, request, None, metadata, credentials, wfr, compression, None, loop)
             ctx.deadline = deadline
             ctx.tried.append(self._first)
             self._ctx = ctx
         return ctx
+
+    def _first_books(self, c: Any) -> None:
+        """Close the books of the first attempt of a call from :func:`start_unary` (its
+        picker gave no ``done``): grpc's done-callback, a bound method, not a closure
+        made per RPC."""
+        if aio_code_now(c) is _OK and books.observer is None:
+            self._first.end()  # all that end_attempt would do
+            return
+        core, method, pr, t0 = self._args[0], self._args[2], self._args[10], self._args[11]
+        if c.cancelled():
+            end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
+        else:
+            end_attempt(core, pr, t0, *attempt_status(c, pr), method)
 
     # -- running ----------------------------------------------------------------
 
@@ -310,6 +318,10 @@ def start_unary(core: ChannelCore, key: CallableKey, method: str, request: Any, 
     b = pr.subconn.backend
     t0 = time.perf_counter()
     deadline = None if timeout is None else time.monotonic() + timeout
+    self = AioUnaryCall.__new__(AioUnaryCall)
+    self._first = b
+    self._args = (core, key, method, request, deadline, metadata, credentials, wait_for_ready, compression, loop, pr,
+                  t0)
     try:
         twin = b.aio_twins.get(loop) or b.twin_for(loop)
         mcall = twin.callables.get(key) or twin.callable(key)
@@ -320,6 +332,6 @@ def start_unary(core: ChannelCore, key: CallableKey, method: str, request: Any, 
         b.end()
         unused(pr)
         raise
-    call.add_done_callback(unary_books(core, pr, t0, method))
-    return AioUnaryCall._begun(call, b, (core, key, method, request, deadline, metadata, credentials,
-                                         wait_for_ready, compression, loop))
+    self._call = call
+    call.add_done_callback(self._first_books)
+    return self

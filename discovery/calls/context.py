@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..backend import CallableKey
     from ..core import ChannelCore
 
-__all__ = ["CallContext", "Status", "aio_error", "now", "unary_books"]
+__all__ = ["CallContext", "Status", "aio_error", "attempt_status", "now", "unary_books"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -51,7 +51,7 @@ def now(coro: Any) -> Any:
     raise RuntimeError("the call is not finished")
 
 
-def _status(c: Any, pr: PickResult) -> Status:
+def attempt_status(c: Any, pr: PickResult) -> Status:
     """The status of the done grpc.aio call ``c``, read without awaiting; trailing
     metadata only where someone reads it."""
     code = aio_code_now(c)
@@ -71,7 +71,7 @@ def unary_books(core: ChannelCore, pr: PickResult, t0: float, method: str) -> Ca
         elif c.cancelled():
             end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
         else:
-            end_attempt(core, pr, t0, *_status(c, pr), method)
+            end_attempt(core, pr, t0, *attempt_status(c, pr), method)
 
     return close_books
 
@@ -203,7 +203,7 @@ class CallContext:
             if c.cancelled():
                 end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
                 return
-            code, details, trailing = _status(c, pr)
+            code, details, trailing = attempt_status(c, pr)
             if code is _INTERNAL and details == AIO_WRITE_RACE_DETAILS:
                 # grpc.aio's failed write ended the call early: the server's status is on its way.
                 after_write_race(c, 0)
