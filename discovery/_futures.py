@@ -228,25 +228,41 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
     def _step(self, it: Generator[Any, None, Any], _f: Any = None) -> None:
         try:
             waiting_on = it.send(None)
-        except StopIteration as stop:
-            self._finish(stop.value, _OK, None, None)
+        except BaseException as exc:
+            self._ended(exc)
             return
-        except grpc.aio.AioRpcError as exc:
+        waiting_on.add_done_callback(lambda f: self._resume(it))
+
+    def _resume(self, it: Generator[Any, None, Any]) -> None:
+        # Whatever escapes _step is caught here too, so the future always finishes
+        # (an asyncio callback's exception would only be logged, and the caller would
+        # wait forever). Seen: under pytest-cov, a process held two CancelledError
+        # classes, and the one grpc.aio's task raised was not asyncio.CancelledError.
+        try:
+            self._step(it)
+        except BaseException as exc:
+            self._ended(exc)
+
+    def _ended(self, exc: BaseException) -> None:
+        """The call's awaitable ended with ``exc`` (StopIteration carries the response)."""
+        if isinstance(exc, StopIteration):
+            self._finish(exc.value, _OK, None, None)
+        elif isinstance(exc, grpc.aio.AioRpcError):
             self._finish(None, exc.code(), exc.details(), exc)
-            return
-        except asyncio.CancelledError:
+        elif isinstance(exc, asyncio.CancelledError):
             requests = self._requests
             if requests is not None and requests.error is not None and not self._cancel_requested:
                 # grpc.aio cancels a call whose request iterator raised; grpcio's own
                 # future fails it with UNKNOWN, and so does this one.
                 self._finish(None, grpc.StatusCode.UNKNOWN, "Exception iterating requests!", None)
-                return
-            self._finish(None, _CANCELLED, _CANCELLED_DETAILS, None)
-            return
-        except Exception as exc:
+            else:
+                self._finish(None, _CANCELLED, _CANCELLED_DETAILS, None)
+        elif isinstance(exc, Exception):
             self._finish(None, grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}", None)
-            return
-        waiting_on.add_done_callback(lambda f: self._step(it, f))
+        else:
+            # KeyboardInterrupt, SystemExit: the future fails, the exception goes on.
+            self._finish(None, grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}", None)
+            raise exc
 
     def _cancel_in_loop(self) -> None:
         if self._call is not None:

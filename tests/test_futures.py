@@ -199,3 +199,46 @@ def test_a_failing_request_iterator_fails_the_future_as_grpcio_does(start_backen
         got = EchoStub(ch).ClientStream.future(requests(), timeout=10).exception(10)
     assert (got.code(), got.details()) == (expected.code(), expected.details())
     assert got.code() is grpc.StatusCode.UNKNOWN
+
+
+class _Odd(BaseException):
+    """Neither an Exception nor anything grpc.aio raises."""
+
+
+class _YieldsThenRaises:
+    """A call-like awaitable that suspends once on a future, then raises ``exc``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        import asyncio
+
+        fut = asyncio.get_running_loop().create_future()
+        fut.get_loop().call_soon(fut.set_result, None)
+        yield from fut.__await__()
+        raise self.exc
+
+    def cancel(self) -> bool:
+        return False
+
+
+def test_a_future_finishes_whatever_its_call_raises() -> None:
+    # Any exception out of the call, even one that is no Exception, ends the future
+    # (UNKNOWN) instead of leaving its caller waiting forever.
+    from discovery._futures import future_on_loop, shared_loop
+
+    loop = shared_loop()
+    seen: list[BaseException] = []
+    loop.loop.call_soon_threadsafe(loop.loop.set_exception_handler, lambda _l, ctx: seen.append(ctx["exception"]))
+    try:
+        f = future_on_loop(loop, lambda: _YieldsThenRaises(_Odd("odd")), 10)
+        exc = f.exception(10)
+        assert exc is not None and exc.code() is grpc.StatusCode.UNKNOWN and "_Odd: odd" in exc.details()
+        # The exception itself goes on to the loop's handler, as asyncio does with it.
+        wait_for(lambda: bool(seen), 10, message="the loop's exception handler saw it")
+        assert isinstance(seen[0], _Odd)
+        f = future_on_loop(loop, lambda: _YieldsThenRaises(ValueError("bad")), 10)
+        assert f.exception(10).details() == "ValueError: bad"
+    finally:
+        loop.loop.call_soon_threadsafe(loop.loop.set_exception_handler, None)
