@@ -45,6 +45,7 @@ import grpc
 import grpc.aio
 
 from ._calls import LocalRpcError
+from ._grpc_compat import now
 from ._requests import RequestsOffLoop
 
 __all__ = ["AioTwin", "BridgedFuture", "FutureLoop", "future_on_loop", "shared_loop"]
@@ -152,16 +153,6 @@ class AioTwin:
     def close(self, grace: float | None = None) -> None:
         """Close the aio channel (schedules the coroutine; loop thread)."""
         asyncio.get_running_loop().create_task(self.channel.close(grace))
-
-
-def _now(coro: Any) -> Any:
-    """The value of a coroutine that finishes without suspending (a done call's getters)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("the call is not finished")
 
 
 class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc,type-arg,unused-ignore]
@@ -394,7 +385,7 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
     def details(self) -> str:
         self._wait(None)
         if self._details is None and self._call is not None and self._code is _OK:
-            self._details = _now(self._call.details())
+            self._details = now(self._call.details())
         return self._details or ""
 
     def initial_metadata(self) -> Any:
@@ -403,7 +394,7 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
             return tuple(self._error.initial_metadata() or ())
         if self._call is None:
             return ()
-        return tuple(_now(self._call.initial_metadata()) or ())
+        return tuple(now(self._call.initial_metadata()) or ())
 
     def trailing_metadata(self) -> Any:
         self._wait(None)
@@ -411,7 +402,7 @@ class BridgedFuture(grpc.RpcError, grpc.Future, grpc.Call):  # type: ignore[misc
             return tuple(self._error.trailing_metadata() or ())
         if self._call is None:
             return ()
-        return tuple(_now(self._call.trailing_metadata()) or ())
+        return tuple(now(self._call.trailing_metadata()) or ())
 
     def debug_error_string(self) -> str:
         self._wait(None)

@@ -18,8 +18,8 @@ import grpc.aio
 from grpc import _channel, _common
 from grpc.aio import _channel as _aio_channel
 
-__all__ = ["AIO_WRITE_RACE_DETAILS", "aio_state_reader", "aio_status_now", "plain_aio_channel", "plain_channel",
-           "state_reader"]
+__all__ = ["AIO_WRITE_RACE_DETAILS", "aio_code_now", "aio_state_reader", "aio_status_now", "now", "plain_aio_channel",
+           "plain_channel", "state_reader"]
 
 _TO_CONNECTIVITY = _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
 
@@ -65,19 +65,23 @@ def aio_state_reader(channel: grpc.aio.Channel) -> Callable[[bool], grpc.Channel
 AIO_WRITE_RACE_DETAILS = "Internal error from Core"
 
 
+def now(coro: Any) -> Any:
+    """The value of a coroutine that finishes without suspending (a done grpc.aio call's getters)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("the call is not finished")
+
+
 def aio_code_now(call: Any) -> grpc.StatusCode:
     """The status code of a done grpc.aio call, read without awaiting (its ``code()`` is a
     coroutine, and this runs once per RPC). Falls back to that getter where the call
     object is not grpc's own."""
     status = getattr(getattr(call, "_cython_call", None), "_status", None)
     if status is None:
-        code = call.code()
-        try:
-            code.send(None)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        code.close()
-        raise RuntimeError("the call is not finished")
+        return now(call.code())  # type: ignore[no-any-return]
     return _common.CYGRPC_STATUS_CODE_TO_STATUS_CODE[status.code()]
 
 

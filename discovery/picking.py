@@ -101,18 +101,26 @@ class PickWaits:
                 if self.closed:
                     # What grpcio raises for an RPC on a closed sync channel.
                     raise ValueError("Cannot invoke RPC on closed channel!")
-                picker = self.picker
-                r = self.pick_avoiding(method, metadata, tried or [])
+                r, remaining = self._pick_or_wait(method, metadata, deadline, wait_for_ready, tried)
                 if r is not None:
                     return r
-                remaining = None if deadline is None else deadline - time.monotonic()
-                # Whether this RPC waits, and why it failed, can depend on the RPC
-                # (the subset its header asks for): the picker says, per RPC.
-                queue, reason = picker.why_none(method, metadata)
-                if self.closed or (not queue and not wait_for_ready) or (
-                        remaining is not None and remaining <= 0):
-                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0, reason)
                 self.cond.wait(remaining)
+
+    def _pick_or_wait(self, method: str, metadata: Metadata | None, deadline: float | None,
+                      wait_for_ready: bool | None, tried: list[Any] | None) -> tuple[PickResult | None, float | None]:
+        """Under :attr:`cond`: a pick, or (None, how long to wait for the next picker);
+        raises the RPC's error when it must not wait (fail-fast, deadline, closed)."""
+        picker = self.picker
+        r = self.pick_avoiding(method, metadata, tried or [])
+        if r is not None and not self.closed:
+            return r, None
+        remaining = None if deadline is None else deadline - time.monotonic()
+        # Whether this RPC waits, and why it failed, can depend on the RPC
+        # (the subset its header asks for): the picker says, per RPC.
+        queue, reason = picker.why_none(method, metadata)
+        if self.closed or (not queue and not wait_for_ready) or (remaining is not None and remaining <= 0):
+            raise self.no_pick_error(picker, remaining is not None and remaining <= 0, reason)
+        return None, remaining
 
     async def wait_pick_async(self, method: str, metadata: Metadata | None, deadline: float | None,
                               wait_for_ready: bool | None, tried: list[Any] | None = None) -> PickResult:
@@ -120,17 +128,9 @@ class PickWaits:
         loop = asyncio.get_running_loop()
         while True:
             with self.cond:
-                picker = self.picker
-                r = self.pick_avoiding(method, metadata, tried or [])
-                if r is not None and not self.closed:
+                r, remaining = self._pick_or_wait(method, metadata, deadline, wait_for_ready, tried)
+                if r is not None:
                     return r
-                remaining = None if deadline is None else deadline - time.monotonic()
-                # Whether this RPC waits, and why it failed, can depend on the RPC
-                # (the subset its header asks for): the picker says, per RPC.
-                queue, reason = picker.why_none(method, metadata)
-                if self.closed or (not queue and not wait_for_ready) or (
-                        remaining is not None and remaining <= 0):
-                    raise self.no_pick_error(picker, remaining is not None and remaining <= 0, reason)
                 fut: asyncio.Future[None] = loop.create_future()
                 self._async_waiters.append((loop, fut))
             # A timer of our own rather than asyncio.wait_for: the futures loop

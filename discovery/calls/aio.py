@@ -27,22 +27,22 @@ from .._grpc_compat import aio_code_now
 from ..balancer import Drop, Metadata, PickResult
 from . import books
 from .aio_stream import AioStreamCall
-from .books import end_attempt, unused
-from .context import CallContext, aio_error, attempt_status, now
+from .books import unused
+from .context import CallContext, StatusGetters, aio_error, end_unary_attempt
 from .hedging import run_hedged
 
 if TYPE_CHECKING:
     from ..backend import CallableKey
     from ..core import ChannelCore
 
-__all__ = ["AioStreamCall", "AioUnaryCall", "CallContext", "aio_error", "now", "start_unary"]
+__all__ = ["AioStreamCall", "AioUnaryCall", "CallContext", "aio_error", "start_unary"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
-class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[Any, Any]):
+class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[Any, Any]):
     """A unary-response RPC over the channel's backends, as a grpc.aio call object.
 
     Awaiting it gives the response or raises :class:`grpc.aio.AioRpcError`;
@@ -98,11 +98,8 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         if aio_code_now(c) is _OK and books.observer is None:
             self._first.end()  # all that end_attempt would do
             return
-        core, method, pr, t0 = self._args[0], self._args[2], self._args[10], self._args[11]
-        if c.cancelled():
-            end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
-        else:
-            end_attempt(core, pr, t0, *attempt_status(c, pr), method)
+        args = self._args
+        end_unary_attempt(c, args[0], args[10], args[11], args[2])
 
     # -- running ----------------------------------------------------------------
 
@@ -238,18 +235,6 @@ class AioUnaryCall(grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[A
         if self._error is not None:
             return getattr(self._error, name)()
         return await getattr(self._call, name)()
-
-    async def initial_metadata(self) -> Any:
-        return await self._get("initial_metadata")
-
-    async def trailing_metadata(self) -> Any:
-        return await self._get("trailing_metadata")
-
-    async def code(self) -> grpc.StatusCode:
-        return await self._get("code")  # type: ignore[no-any-return]
-
-    async def details(self) -> str:
-        return await self._get("details")  # type: ignore[no-any-return]
 
     async def wait_for_connection(self) -> None:
         await self._wait()

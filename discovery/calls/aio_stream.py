@@ -12,7 +12,7 @@ import grpc.aio
 from grpc.aio import EOF  # type: ignore[attr-defined]  # in grpc.aio, not in its stubs
 
 from .._calls import LocalRpcError
-from .context import CallContext, aio_error
+from .context import CallContext, StatusGetters, aio_error
 
 __all__ = ["AioStreamCall"]
 
@@ -21,7 +21,7 @@ _CANCELLED = grpc.StatusCode.CANCELLED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 
-class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCall[Any, Any]):
+class AioStreamCall(StatusGetters, grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCall[Any, Any]):
     """A streaming-response RPC as a grpc.aio call object.
 
     A unary request is replayed on another backend (transparent re-pick or
@@ -130,18 +130,6 @@ class AioStreamCall(grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCal
                 code, details, trailing = real
                 return {"code": code, "details": details, "trailing_metadata": grpc.aio.Metadata(*trailing)}[name]
         return await getattr(call, name)()
-
-    async def initial_metadata(self) -> Any:
-        return await self._get("initial_metadata")
-
-    async def trailing_metadata(self) -> Any:
-        return await self._get("trailing_metadata")
-
-    async def code(self) -> grpc.StatusCode:
-        return await self._get("code")  # type: ignore[no-any-return]
-
-    async def details(self) -> str:
-        return await self._get("details")  # type: ignore[no-any-return]
 
     def cancel(self) -> bool:
         self._cancelled = True

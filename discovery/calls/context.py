@@ -17,7 +17,7 @@ import grpc
 import grpc.aio
 
 from .._calls import LocalRpcError
-from .._grpc_compat import AIO_WRITE_RACE_DETAILS, aio_code_now, aio_status_now
+from .._grpc_compat import AIO_WRITE_RACE_DETAILS, aio_code_now, aio_status_now, now
 from ..attempts import Attempts, effective_deadline
 from ..balancer import Drop, Metadata, PickResult
 from ..methodconfig import MethodConfig
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..backend import CallableKey
     from ..core import ChannelCore
 
-__all__ = ["CallContext", "Status", "aio_error", "attempt_status", "now", "unary_books"]
+__all__ = ["CallContext", "Status", "StatusGetters", "aio_error", "end_unary_attempt", "unary_books"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
@@ -39,16 +39,6 @@ _INTERNAL = grpc.StatusCode.INTERNAL
 _RACE_CHECKS = 2000
 
 Status = tuple[grpc.StatusCode, str | None, Any]
-
-
-def now(coro: Any) -> Any:
-    """The value of a coroutine that finishes without suspending (a done call's getters)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("the call is not finished")
 
 
 def attempt_status(c: Any, pr: PickResult) -> Status:
@@ -68,18 +58,44 @@ def unary_books(core: ChannelCore, pr: PickResult, t0: float, method: str) -> Ca
     def close_books(c: Any) -> None:
         if pr.done is None and aio_code_now(c) is _OK and books.observer is None:
             b.end()  # all that end_attempt would do
-        elif c.cancelled():
-            end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
         else:
-            end_attempt(core, pr, t0, *attempt_status(c, pr), method)
+            end_unary_attempt(c, core, pr, t0, method)
 
     return close_books
+
+
+def end_unary_attempt(c: Any, core: ChannelCore, pr: PickResult, t0: float, method: str) -> None:
+    """Close the books of the done grpc.aio call ``c``, an attempt with a unary request,
+    in full (the done-callbacks check the common OK case themselves first)."""
+    if c.cancelled():
+        end_attempt(core, pr, t0, _CANCELLED, "cancelled", (), method)
+    else:
+        end_attempt(core, pr, t0, *attempt_status(c, pr), method)
 
 
 def aio_error(exc: LocalRpcError) -> grpc.aio.AioRpcError:
     """The channel's own failure as the error type grpc.aio callers catch."""
     empty = grpc.aio.Metadata()
     return grpc.aio.AioRpcError(exc.code(), empty, empty, exc.details(), exc.details())
+
+
+class StatusGetters:
+    """grpc.aio.Call's four status getters over the call's own ``_get(name)``."""
+
+    async def _get(self, name: str) -> Any:
+        raise NotImplementedError
+
+    async def initial_metadata(self) -> Any:
+        return await self._get("initial_metadata")
+
+    async def trailing_metadata(self) -> Any:
+        return await self._get("trailing_metadata")
+
+    async def code(self) -> grpc.StatusCode:
+        return await self._get("code")  # type: ignore[no-any-return]
+
+    async def details(self) -> str:
+        return await self._get("details")  # type: ignore[no-any-return]
 
 
 class CallContext:
