@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     pk.add_argument("--quick", action="store_true")
 
     ins = sub.add_parser("instructions", help="client instructions per RPC under valgrind's callgrind (repeatable "
-                                             "to ~1 %%, unlike CPU time on a shared machine)")
+                                             "to ~2 %%, unlike CPU time on a shared machine)")
     ins.add_argument("--mode", choices=["sync", "aio"], default="sync")
     ins.add_argument("--variants", type=_csv, default=["B", "D"], help="comma list (default B,D)")
     ins.add_argument("--rpcs", type=_ints, default=None,
