@@ -3,8 +3,8 @@
 CPU-time ratios (``python -m bench run``) move by several percent between runs
 on a shared machine. Callgrind counts the user-space instructions the client
 process executes, which repeat to within about 2 % for the same code and
-inputs, so it can tell apart changes of a few thousand instructions per RPC
-(a Python function call costs several hundred). Kernel work (syscalls, the
+inputs, so it can tell apart changes of about 5,000 instructions per RPC
+(a Python function call costs several hundred), which CPU times here cannot. Kernel work (syscalls, the
 loopback network) is not counted, so a ratio here is larger than the CPU
 ratio for the same code.
 
