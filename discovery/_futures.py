@@ -134,7 +134,7 @@ if hasattr(os, "register_at_fork"):
 
 
 class AioTwin:
-    """A backend's grpc.aio channel plus its multicallables. Loop thread only."""
+    """A backend's grpc.aio channel plus its multicallables (as their bound ``__call__``). Loop thread only."""
 
     __slots__ = ("callables", "channel")
 
@@ -146,7 +146,9 @@ class AioTwin:
         mc = self.callables.get(key)
         if mc is None:
             kind, method, ser, deser, registered = key
-            mc = getattr(self.channel, kind)(method, ser, deser, _registered_method=registered)
+            # The bound __call__, not the multicallable: a call with keywords
+            # (grpc.aio's take only keywords) then skips building a dict per RPC.
+            mc = getattr(self.channel, kind)(method, ser, deser, _registered_method=registered).__call__
             self.callables[key] = mc
         return mc
 

@@ -16,10 +16,11 @@ from typing import Any
 import grpc
 import grpc.aio
 from grpc import _channel, _common
+from grpc._cython import cygrpc
 from grpc.aio import _channel as _aio_channel
 
-__all__ = ["AIO_WRITE_RACE_DETAILS", "aio_code_now", "aio_state_reader", "aio_status_now", "now", "plain_aio_channel",
-           "plain_channel", "state_reader"]
+__all__ = ["AIO_EOF", "AIO_STATUS_OK", "AIO_WRITE_RACE_DETAILS", "aio_code_now", "aio_state_reader", "aio_status_now",
+           "now", "plain_aio_channel", "plain_channel", "state_reader"]
 
 _TO_CONNECTIVITY = _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
 
@@ -83,6 +84,24 @@ def aio_code_now(call: Any) -> grpc.StatusCode:
     if status is None:
         return now(call.code())  # type: ignore[no-any-return]
     return _common.CYGRPC_STATUS_CODE_TO_STATUS_CODE[status.code()]
+
+
+# -- grpc.aio's unary calls, read on the asyncio hot path ------------------------
+# An asyncio RPC with no policy (discovery.calls.aio.UnaryStart and
+# AioUnaryCall.__await__) reads three internals of grpc.aio's
+# UnaryUnaryCall/StreamUnaryCall, each with a fallback to the public API for a
+# call object that is not grpc's own (tests/test_grpc_compat.py pins them):
+#  * ``call._call_response``: the Task grpc's own ``__await__`` awaits; it
+#    returns the response, or AIO_EOF when the call failed or was cancelled
+#    (grpc's ``__await__`` then raises the error, at once since the task is done);
+#  * ``call._cython_call.add_done_callback(fn)``: runs ``fn()`` with no
+#    argument when the call is done (the public one wraps ``fn`` in a
+#    functools.partial per call);
+#  * ``call._cython_call._status.code()``: the C-level status code, AIO_STATUS_OK for OK.
+# Awaiting the task directly and registering on the C-level call save a
+# generator and a partial per RPC (python -m bench instructions --mode aio).
+AIO_EOF: Any = cygrpc.EOF
+AIO_STATUS_OK: int = cygrpc.StatusCode.ok
 
 
 def aio_status_now(call: object) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]] | None:

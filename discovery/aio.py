@@ -41,7 +41,7 @@ from grpc.aio import _interceptor as _grpc_interceptor
 from . import _from_config, _open
 from .backend import BackendSnapshot, CallableKey
 from .balancer import Metadata
-from .calls.aio import AioStreamCall, AioUnaryCall, CallContext, start_unary
+from .calls.aio import AioStreamCall, AioUnaryCall, CallContext, UnaryStart
 from .core import ChannelCore, build_core
 from .errors import ConfigError
 from .methodconfig import MethodConfig
@@ -82,8 +82,8 @@ def _sort_interceptors(interceptors: Sequence[grpc.aio.ClientInterceptor] | None
 
 
 class _MultiCallable:
-    __slots__ = ("_core", "_interceptors", "_key", "_loop", "_mc", "_method", "_replayable", "_simple",
-                 "_stream")
+    __slots__ = ("_core", "_fast_loop", "_interceptors", "_key", "_loop", "_mc", "_method", "_replayable",
+                 "_simple", "_stream")
 
     def __init__(self, core: ChannelCore, kind: str, method: str, ser: Any, deser: Any, registered: bool,
                  interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
@@ -95,8 +95,10 @@ class _MultiCallable:
         self._mc: MethodConfig | None = core.service_config.method_config(method)
         self._interceptors = interceptors
         self._loop: asyncio.AbstractEventLoop | None = None
-        # A unary-unary method with no method config: calls start without a CallContext.
-        self._simple = kind == "unary_unary" and self._mc is None
+        # A unary-unary method with no method config and no interceptors:
+        # calls on the bound loop take UnaryStart's fast path.
+        self._simple = kind == "unary_unary" and self._mc is None and not interceptors
+        self._fast_loop: asyncio.AbstractEventLoop | None = None
 
     def _call(self, arg: Any, timeout: float | None, metadata: Metadata | None, credentials: Any,
               wait_for_ready: bool | None, compression: Any) -> Any:
@@ -124,6 +126,8 @@ class _MultiCallable:
         if self._core.aio_loop is None:
             self._core.bind_loop(loop)
         self._loop = loop
+        if self._simple:
+            self._fast_loop = loop
 
     def _leaf(self, details: grpc.aio.ClientCallDetails, arg: Any, compression: Any) -> Any:
         """The call at the end of the interceptor chain, made from the details the interceptors passed on."""
@@ -144,13 +148,10 @@ class _MultiCallable:
         core = self._core
         if self._interceptors or core.closed:
             return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
-        # The hot path, _call and _start written out: two Python calls less per RPC.
+        # _call and _start written out: two Python calls less per RPC.
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             self._bind(loop)
-        if self._simple:
-            return start_unary(core, self._key, self._method, request, timeout, metadata, credentials,
-                               wait_for_ready, compression, loop)
         ctx = CallContext(core, self._key, self._method, request, timeout, metadata, credentials, wait_for_ready,
                           compression, self._mc, loop)
         if self._stream:
@@ -201,8 +202,14 @@ _INTERCEPTED = {
 }
 
 
-class _UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):  # type: ignore[misc]
+class _UnaryUnary(UnaryStart, _MultiCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):  # type: ignore[misc]
+    # UnaryStart's __call__: the fast path once the loop is bound; the rest as _call does it.
     __slots__ = ()
+
+    def general(self, request: Any, timeout: float | None, metadata: Metadata | None,
+                credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
+                compression: grpc.Compression | None) -> Any:
+        return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
 class _UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable[Any, Any]):  # type: ignore[misc]

@@ -2,8 +2,8 @@
 
 A :class:`Backend` is created and closed only by the subchannel manager on the
 control thread. The data plane touches it through :meth:`Backend.begin` /
-:meth:`Backend.end` (in-flight accounting under a short uncontended lock) and
-its multicallable caches.
+:meth:`Backend.end` (in-flight accounting without a lock, see below) and its
+multicallable caches.
 
 A backend of a sync :class:`discovery.Channel` has a sync grpc channel, plus
 a grpc.aio twin on the shared futures loop made on first use (``.future()``
@@ -14,13 +14,24 @@ application's event loop: no sync twin, so health checking runs once.
 :meth:`begin` refuses a closed backend, so an RPC that picked a backend from
 an older picker while the manager closed it is re-picked instead of failing
 with grpc's "closed channel" error.
+
+The in-flight count is the length of a list of tokens: ``list.append`` and
+``list.pop`` are each atomic, and every RPC attempt pays for two of them and
+no lock. Refusing a closed backend then needs no lock either, because each
+side writes before it reads: :meth:`Backend.begin` adds its token and then
+reads ``closed``; :meth:`Backend.try_close_idle` sets ``closed`` and then
+counts the tokens (and takes ``closed`` back if there are any). Whichever
+goes second sees the other's write, so either the RPC is refused (and
+re-picks) or the backend stays open for it, never both and never neither.
+The same order makes :meth:`Backend.end` and :meth:`Backend.start_drain`
+agree on who saw the count reach zero (both may; the manager's close is
+idempotent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -86,7 +97,6 @@ class Backend:
 
     __slots__ = (
         "__weakref__",
-        "_lock",
         "_make_aio",
         "_on_idle",
         "_primary_loop",
@@ -103,10 +113,10 @@ class Backend:
         "ejected",
         "health_checked",
         "healthy",
-        "in_flight",
         "last_error",
         "shown",
         "state",
+        "tokens",
     )
 
     def __init__(self, address: Address, channel: grpc.Channel | None,
@@ -123,13 +133,13 @@ class Backend:
         self.health_checked = health_checked
         self.ejected = False
         self.shown: tuple[Address, grpc.ChannelConnectivity, bool, bool] = (address, _C.IDLE, True, False)
-        self.in_flight = 0
+        # One entry per attempt in flight (see the module docstring).
+        self.tokens: list[None] = []
         self.last_error = ""
         self.closing = False
         self.closed = False
         self.connect_requested = False
         self.callables: dict[CallableKey, Any] = {}
-        self._lock = threading.Lock()
         self._on_idle: Callable[[Backend], None] | None = None
         # grpc.aio channels, one per event loop that sends RPCs here, each
         # made on its own loop: for a sync channel, the shared futures loop's
@@ -157,20 +167,37 @@ class Backend:
         return mc
 
     def begin(self) -> bool:
-        """Count an RPC attempt starting here; False if the backend is already closed."""
-        with self._lock:
-            if self.closed:
-                return False
-            self.in_flight += 1
-            return True
+        """Count an RPC attempt starting here; False if the backend is already closed. Any thread.
+
+        The asyncio hot path (:class:`discovery.calls.aio.UnaryStart`) writes
+        this and :meth:`end` out, in the same order.
+        """
+        self.tokens.append(None)
+        if self.closed:
+            # Refused: the token goes as an ended attempt's does, idle check
+            # included. try_close_idle may have seen it and backed off, so
+            # this may be the last word on a draining backend.
+            self.end()
+            return False
+        return True
 
     def end(self) -> None:
         """An attempt that :meth:`begin` counted has ended. Any thread."""
-        with self._lock:
-            self.in_flight -= 1
-            drained = self.closing and self.in_flight == 0
-        if drained and self._on_idle is not None:
-            self._on_idle(self)
+        self.tokens.pop()
+        if self.closing:
+            self.check_idle()
+
+    def check_idle(self) -> None:
+        """After an attempt ended on a closing backend: report it idle if nothing is in flight."""
+        if not self.tokens:
+            on_idle = self._on_idle
+            if on_idle is not None:
+                on_idle(self)
+
+    @property
+    def in_flight(self) -> int:
+        """RPC attempts in flight here."""
+        return len(self.tokens)
 
     def twin_for(self, loop: asyncio.AbstractEventLoop) -> AioTwin:
         """The backend's grpc.aio channel for ``loop``, made on first use. ``loop``'s thread only."""
@@ -269,26 +296,27 @@ class Backend:
     def start_drain(self, on_idle: Callable[[Backend], None]) -> bool:
         """Stop taking part; call ``on_idle`` once in-flight RPCs reach zero.
 
-        Returns True if the backend is already idle (no callback will come).
+        Returns True if the backend is already idle (the callback may come too:
+        the caller's close must be idempotent).
         """
-        with self._lock:
-            self.closing = True
-            self._on_idle = on_idle
-            return self.in_flight == 0
+        self._on_idle = on_idle
+        self.closing = True
+        return not self.tokens
 
     def try_close_idle(self) -> bool:
         """Close at once if nothing is in flight; atomically with :meth:`begin`. Control thread."""
-        with self._lock:
-            if self.in_flight:
-                return False
-            self.closed = True
+        self.closed = True
+        if self.tokens:
+            # An RPC got in first: it is waited for. A begin() that saw the
+            # moment's True was refused and re-picks, which is harmless.
+            self.closed = False
+            return False
         self._close_channels()
         return True
 
     def close(self) -> None:
         """Close the channel and its aio twins (cancels anything still in flight)."""
-        with self._lock:
-            self.closed = True
+        self.closed = True
         self._close_channels()
 
     def _close_channels(self) -> None:

@@ -12,6 +12,7 @@ attempt ends up on a plain grpc channel.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,7 +36,7 @@ from ._futures import BridgedFuture, future_on_loop, shared_loop
 from ._requests import requests_off_loop
 from .backend import BackendSnapshot, CallableKey
 from .balancer import Metadata
-from .calls.aio import AioUnaryCall, CallContext, start_unary
+from .calls.aio import AioUnaryCall, CallContext, UnaryStart
 from .calls.blocking import blocking_unary, start_stream
 from .core import ChannelCore, build_core
 from .methodconfig import MethodConfig
@@ -46,8 +47,29 @@ __all__ = ["Channel", "ChannelSettings"]
 log = logging.getLogger("discovery.channel")
 
 
+class _FuturesStart(UnaryStart):
+    """A sync multicallable's unary-unary ``.future()`` calls, on the shared futures loop
+    (see :class:`~discovery.calls.aio.UnaryStart`). ``key`` has no request serializer:
+    the future serializes the request itself."""
+
+    __slots__ = ("_core", "_fast_loop", "_key", "_method")
+
+    def __init__(self, core: ChannelCore, key: CallableKey, method: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._core = core
+        self._key = key
+        self._method = method
+        self._fast_loop = loop
+
+    def general(self, request: Any, timeout: float | None, metadata: Metadata | None,
+                credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
+                compression: grpc.Compression | None) -> AioUnaryCall:
+        ctx = CallContext(self._core, self._key, self._method, request, timeout, metadata, credentials,
+                          wait_for_ready, compression, None, asyncio.get_running_loop())
+        return AioUnaryCall(ctx, True)
+
+
 class _MultiCallable:
-    __slots__ = ("_core", "_hedged", "_key", "_mc", "_method", "_replayable")
+    __slots__ = ("_core", "_fstart", "_hedged", "_key", "_mc", "_method", "_replayable")
 
     def __init__(self, core: ChannelCore, kind: str, method: str, ser: Any, deser: Any, registered: bool) -> None:
         self._core = core
@@ -58,6 +80,7 @@ class _MultiCallable:
         # Looked up once here, not per RPC: None in the common case of no method config.
         self._mc: MethodConfig | None = core.service_config.method_config(method)
         self._hedged = self._mc is not None and self._mc.hedging is not None and self._replayable
+        self._fstart: _FuturesStart | None = None  # made at the first unary-unary .future()
 
     def _future(self, arg: Any, timeout: float | None, metadata: Metadata | None,
                 credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
@@ -85,8 +108,12 @@ class _MultiCallable:
                     log.exception("Exception serializing message!")
                     raise LocalRpcError(grpc.StatusCode.INTERNAL, "Exception serializing request!") from None
             if mc is None and key[0] == "unary_unary":
-                return start_unary(core, key, method, arg, timeout, metadata, credentials, wait_for_ready,
-                                   compression, loops.loop)
+                start = self._fstart
+                if start is None or start._fast_loop is not loops.loop:
+                    start = self._fstart = _FuturesStart(core, key, method, loops.loop)
+                call: AioUnaryCall = start(arg, timeout=timeout, metadata=metadata, credentials=credentials,
+                                           wait_for_ready=wait_for_ready, compression=compression)
+                return call
             ctx = CallContext(core, key, method, arg, timeout, metadata, credentials, wait_for_ready, compression,
                               mc, loops.loop)
             return AioUnaryCall(ctx, replayable)

@@ -131,7 +131,7 @@ class SubchannelManager:
     def _drained_elsewhere(self, b: Backend) -> None:
         # Called on whatever thread finished the last RPC; closing a channel
         # from its own completion thread is unsafe, so hop to the loop.
-        self._loop.submit(lambda: self._close(b))
+        self._loop.submit(lambda: self._close(b, idle_only=True))
 
     def _grace_over(self, b: Backend) -> None:
         if b in self._draining:
@@ -139,20 +139,28 @@ class SubchannelManager:
                      b.in_flight, self.drain_grace, extra={"target": self._target, "backend": b.addr})
             self._close(b)
 
-    def _close(self, b: Backend) -> None:
+    def _close(self, b: Backend, idle_only: bool = False) -> None:
+        if b.closed:
+            closed_now = False
+        elif idle_only:
+            if not b.try_close_idle():
+                # An RPC holding an older picker began here after the count
+                # reached zero: its end reports idle again, and the grace
+                # timer still bounds the wait.
+                return
+            closed_now = True
+        else:
+            b.close()
+            closed_now = True
         # The count moves with the removal from the draining set, under one
         # lock, so a reader never sees a backend neither draining nor counted.
         with self._drain_cond:
             timer = self._draining.pop(b, None)
-            first = not b.closed
-            if first:
+            if closed_now:
                 self.closed += 1
+            self._drain_cond.notify_all()
         if timer is not None:
             timer.cancel()
-        if first:
-            b.close()
-        with self._drain_cond:
-            self._drain_cond.notify_all()
 
     def wait_drained(self, timeout: float) -> bool:
         """Block until no backend is draining, or ``timeout``; any thread but the loop's."""

@@ -134,3 +134,64 @@ def test_same_factories_as_the_sync_module() -> None:
         assert callable(getattr(aio, name)) and callable(getattr(discovery, name))
     with pytest.raises(discovery.TargetError):
         aio.insecure_channel("static:///")
+
+
+def _on_done(call: grpc.aio.Call) -> asyncio.Event:
+    fired = asyncio.Event()
+    call.add_done_callback(lambda c: fired.set() if c is call else None)
+    return fired
+
+
+def test_a_done_callback_fires_though_nobody_awaits_the_call(start_backends) -> None:  # type: ignore[no-untyped-def]
+    """As with grpc.aio: a call runs to its end, and its done-callbacks run, whether or not
+    it is awaited; the channel drives re-picks and retries itself meanwhile."""
+    ok, failing = start_backends(2)
+    failing.fail_with = grpc.StatusCode.UNAVAILABLE
+    retry = {"methodConfig": [{"name": [{}], "retryPolicy": {
+        "maxAttempts": 3, "initialBackoff": "0.01s", "maxBackoff": "0.05s", "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"]}}]}
+
+    async def main() -> None:
+        async with aio.insecure_channel(static_target([ok])) as ch:
+            await asyncio.wait_for(ch.channel_ready(), 10)
+            call = EchoStub(ch).Unary(b"x", timeout=10)  # the fast path: no method config
+            await asyncio.wait_for(_on_done(call).wait(), 10)
+            assert call.done() and await call.code() is grpc.StatusCode.OK
+            assert await call == ok.name.encode()
+        async with aio.insecure_channel(static_target([ok, failing]), service_config=retry) as ch:
+            await asyncio.wait_for(ch.channel_ready(), 10)
+            await asyncio.to_thread(wait_for, lambda: len(ch.backends()) == 2 and all(
+                b.state is C.READY for b in ch.backends()), 10, message="both backends READY")
+            calls = [EchoStub(ch).Unary(b"x", timeout=10) for _ in range(6)]
+            for call in calls:
+                await asyncio.wait_for(_on_done(call).wait(), 10)
+            # Round robin sent some first attempts to the failing backend: retried unawaited.
+            assert failing.total >= 1
+            assert {await call.code() for call in calls} == {grpc.StatusCode.OK}
+            assert {await call for call in calls} == {ok.name.encode()}
+            await asyncio.to_thread(wait_for, lambda: all(b.in_flight == 0 for b in ch.backends()), 10,
+                                    message="books closed")
+
+    asyncio.run(main())
+
+
+def test_a_stream_waiting_for_a_backend_still_calls_its_done_callback(start_backends, manual) -> None:  # type: ignore[no-untyped-def]
+    (s,) = start_backends(1)
+
+    async def collect(call: grpc.aio.UnaryStreamCall) -> list[bytes]:  # type: ignore[type-arg]
+        return [m async for m in call]
+
+    async def main() -> None:
+        async with aio.insecure_channel("manual:///waiting") as ch:
+            # No address yet: the call waits for a backend (wait_for_ready).
+            call = EchoStub(ch).ServerStream(b"3", timeout=30, wait_for_ready=True)
+            fired = _on_done(call)  # the callbacks' own task now waits for a pick ...
+            reader = asyncio.ensure_future(collect(call))
+            await asyncio.sleep(0)  # ... and so does the reader, once it has run
+            manual.resolver.push([discovery.Address("127.0.0.1", s.port)])
+            assert await asyncio.wait_for(reader, 10) == [s.name.encode()] * 3
+            await asyncio.wait_for(fired.wait(), 10)
+            assert await call.code() is grpc.StatusCode.OK
+            assert s.total == 1  # one attempt: whichever pick came second did not start another
+
+    asyncio.run(main())

@@ -2,7 +2,7 @@
 
 The common RPC skips the general attempt loop: blocking calls in
 ``calls.blocking.blocking_unary``, asyncio and ``.future()`` unary calls in
-``calls.aio.start_unary``. These tests pin what the general path guarantees on
+``calls.aio.UnaryStart``. These tests pin what the general path guarantees on
 the exits the matrix tests do not reach: a cancelled call, a request that does
 not serialize, and a picker or observer that wants the attempt's result.
 """

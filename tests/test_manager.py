@@ -106,6 +106,35 @@ def test_removed_backend_with_rpcs_in_flight_drains_then_closes(manager) -> None
     assert not m.draining
 
 
+def test_an_attempt_that_begins_after_the_drain_went_idle_is_waited_for(manager) -> None:  # type: ignore[no-untyped-def]
+    """An RPC holding an older picker may begin on a draining backend after its count
+    reached zero and before the loop closes it: the close waits for that RPC too."""
+    m, loop, _, _ = manager
+    on_loop(loop, lambda: apply(m, state(1, 2)))
+    b = m.backends[0]
+    b.begin()
+    on_loop(loop, lambda: apply(m, state(2)))
+    assert b in m.draining
+    hold, held = threading.Event(), threading.Event()
+
+    def block() -> None:
+        held.set()
+        hold.wait(10)
+
+    loop.submit(block)  # the loop runs nothing else until released
+    assert held.wait(5)
+    b.end()  # idle: the close is queued behind block()
+    assert b.begin()  # a straggler gets in before the loop closes the backend
+    hold.set()
+    on_loop(loop, lambda: None)  # the queued close has run
+    assert not b.closed and b in m.draining and m.closed == 0
+    b.end()
+    from discovery.testing import wait_for
+
+    wait_for(lambda: m.closed == 1 and b.closed, message="the backend closed once the straggler ended")
+    assert not m.draining
+
+
 def test_drain_grace_bounds_the_wait(manager) -> None:  # type: ignore[no-untyped-def]
     m, loop, clock, _ = manager
     on_loop(loop, lambda: apply(m, state(1, 2)))

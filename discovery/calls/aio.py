@@ -23,7 +23,7 @@ import grpc
 import grpc.aio
 
 from .._calls import LocalRpcError
-from .._grpc_compat import aio_code_now
+from .._grpc_compat import AIO_EOF, AIO_STATUS_OK, aio_code_now
 from ..balancer import Drop, Metadata, PickResult
 from . import books
 from .aio_stream import AioStreamCall
@@ -32,14 +32,18 @@ from .context import CallContext, StatusGetters, aio_error, end_unary_attempt
 from .hedging import run_hedged
 
 if TYPE_CHECKING:
-    from ..backend import CallableKey
+    from ..backend import Backend, CallableKey
     from ..core import ChannelCore
 
-__all__ = ["AioStreamCall", "AioUnaryCall", "CallContext", "aio_error", "start_unary"]
+__all__ = ["AioStreamCall", "AioUnaryCall", "CallContext", "UnaryStart", "aio_error"]
 
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+# Tasks driving calls that nobody awaits but that have done-callbacks.
+_DRIVERS: set[asyncio.Task[None]] = set()
 
 
 class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.StreamUnaryCall[Any, Any]):
@@ -65,10 +69,12 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
     _running = False
     _callbacks: list[Callable[[Any], None]] | None = None
     _replayable = True
-    # A call started by start_unary: its first backend, and what a CallContext and
-    # the first attempt's books need (see start_unary).
+    # A call started by UnaryStart: its first backend, and what a CallContext and
+    # the first attempt's books need (see UnaryStart).
     _first: Any = None
     _args: tuple[Any, ...] = ()
+    # The first attempt of a call from UnaryStart until something drives it.
+    _first_call: Any = None
 
     def __init__(self, ctx: CallContext, replayable: bool, first: PickResult | None = None) -> None:
         self._ctx = ctx
@@ -81,25 +87,37 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
 
     def _context(self) -> CallContext:
         """The call's :class:`CallContext`, made when first needed (a call from
-        :func:`start_unary` needs one only if its first attempt fails)."""
+        :class:`UnaryStart` needs one only if its first attempt fails)."""
         ctx = self._ctx
         if ctx is None:
-            core, key, method, request, deadline, metadata, credentials, wfr, compression, loop = self._args[:10]
-            ctx = CallContext(core, key, method, request, None, metadata, credentials, wfr, compression, None, loop)
+            start, request, deadline, metadata, credentials, wfr, compression, loop = self._args[:8]
+            ctx = CallContext(start._core, start._key, start._method, request, None, metadata, credentials, wfr,
+                              compression, None, loop)
             ctx.deadline = deadline
             ctx.tried.append(self._first)
             self._ctx = ctx
         return ctx
 
-    def _first_books(self, c: Any) -> None:
-        """Close the books of the first attempt of a call from :func:`start_unary` (its
-        picker gave no ``done``): grpc's done-callback, a bound method, not a closure
-        made per RPC."""
-        if aio_code_now(c) is _OK and books.observer is None:
-            self._first.end()  # all that end_attempt would do
-            return
+    def _first_done(self, *_: Any) -> None:
+        """Close the books of the first attempt of a call from :class:`UnaryStart` (its
+        picker gave no ``done``). grpc's done-callback, a bound method, not a closure made
+        per RPC; registered on grpc's C-level call where there is one, which calls it
+        with no argument (see :mod:`discovery._grpc_compat`, "grpc.aio's unary calls")."""
         args = self._args
-        end_unary_attempt(c, args[0], args[10], args[11], args[2])
+        call = args[10]
+        try:
+            ok = call._cython_call._status.code() == AIO_STATUS_OK
+        except AttributeError:  # a call object that is not grpc's own
+            ok = aio_code_now(call) is _OK
+        if ok and books.observer is None:
+            # All that end_attempt would do: Backend.end, written out.
+            b = self._first
+            b.tokens.pop()
+            if b.closing:
+                b.check_idle()
+            return
+        start = args[0]
+        end_unary_attempt(call, start._core, args[8], args[9], start._method)
 
     # -- running ----------------------------------------------------------------
 
@@ -179,6 +197,7 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
             cb(self)
 
     async def _wait(self) -> None:
+        self._first_call = None  # driven here, not by __await__'s fast path
         if self._done:
             return
         if not self._running:
@@ -191,34 +210,51 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
         await asyncio.shield(self._outcome)
 
     def __await__(self) -> Generator[Any, None, Any]:
-        if not self._running and not self._done:
-            # The first awaiter drives the attempts itself.
-            self._running = True
-            call = self._call
-            ctx = self._ctx
-            if call is not None and (ctx is None or ctx._att is None) and self._replayable:
-                # The common case (no policy, the first attempt started): await
-                # grpc's call right here, one coroutine less per RPC; anything
-                # else continues in _run.
-                try:
-                    self._response = yield from call.__await__()
-                except grpc.aio.AioRpcError as exc:
-                    yield from self._run(exc).__await__()
-                except asyncio.CancelledError:
-                    self._cancel_attempts()
-                    self._cancelled = True
-                    self._finish()
-                    raise
-                except BaseException:
-                    self._finish()
-                    raise
-                self._done = True
-                if self._outcome is not None or self._callbacks:
-                    self._finish()
-            else:
+        call = self._first_call
+        if call is None:
+            if self._running or self._done:
+                yield from self._wait().__await__()
+                return self._result()
+            c, ctx = self._call, self._ctx
+            if c is None or ctx is None or ctx._att is not None or not self._replayable:
+                # The first awaiter drives the attempts itself.
+                self._running = True
                 yield from self._run().__await__()
+                return self._result()
+            call = c
         else:
-            yield from self._wait().__await__()
+            self._first_call = None
+        # The common case: no policy, the first attempt started (always, for
+        # a call from UnaryStart) and nothing else drove the call yet. Await
+        # grpc's response task right here (one coroutine and one generator
+        # less per RPC); a failed attempt continues in _run.
+        self._running = True
+        try:
+            response = yield from getattr(call, "_call_response", call).__await__()
+            if response is AIO_EOF:
+                # The attempt failed or was cancelled: grpc's own await
+                # raises what it would (the task is done, so at once).
+                yield from call.__await__()
+        except grpc.aio.AioRpcError as exc:
+            yield from self._run(exc).__await__()
+            return self._result()
+        except asyncio.CancelledError:
+            self._cancel_attempts()
+            self._cancelled = True
+            self._finish()
+            raise
+        except BaseException:
+            self._finish()
+            raise
+        self._response = response
+        self._done = True
+        if self._callbacks is not None or self._outcome is not None:
+            self._finish()
+        if self._cancelled:
+            raise asyncio.CancelledError()
+        return response
+
+    def _result(self) -> Any:
         if self._cancelled:
             raise asyncio.CancelledError()
         if self._error is not None:
@@ -255,6 +291,7 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
     def cancel(self) -> bool:
         if self._done:
             return False
+        self._first_call = None
         self._cancelled = True
         self._cancel_attempts()
         if not self._running:
@@ -268,55 +305,106 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
         return self._done
 
     def time_remaining(self) -> float | None:
-        d = self._args[4] if self._ctx is None else self._ctx.deadline
+        d = self._args[2] if self._ctx is None else self._ctx.deadline
         return None if d is None else max(0.0, d - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(self)`` once the RPC ends, as grpc.aio does: whether or not
+        anyone awaits the call (then a task of the channel's drives its attempts)."""
         if self._done:
             callback(self)
-        else:
-            if self._callbacks is None:
-                self._callbacks = []
-            self._callbacks.append(callback)
+            return
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(callback)
+        if not self._running:
+            task = asyncio.ensure_future(self._drive())
+            _DRIVERS.add(task)  # held until done: asyncio keeps only weak references to tasks
+            task.add_done_callback(_DRIVERS.discard)
+
+    async def _drive(self) -> None:
+        # The outcome is kept on the call (its getters and awaiters read it).
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._wait()
 
 
-def start_unary(core: ChannelCore, key: CallableKey, method: str, request: Any, timeout: float | None,
-                metadata: Metadata | None, credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
-                compression: grpc.Compression | None, loop: asyncio.AbstractEventLoop) -> AioUnaryCall:
-    """A unary-unary RPC with no method config, on ``loop``: the common call, started
-    without a :class:`CallContext` (made only if the first attempt fails).
+class UnaryStart:
+    """Calling it starts a unary-unary RPC of one method with no method config on the
+    running event loop and returns its :class:`AioUnaryCall` at once: the hot path of
+    :class:`discovery.aio.Channel` calls and of the sync channel's ``.future()``.
 
-    Anything else (no pick yet, a picker that wants the attempt's result, an
-    observer, a backend closed under us) goes the general way, with the pick
-    already made handed over.
+    A mixin of those channels' multicallables, with grpc.aio's ``__call__``
+    signature. It takes the fast way only on ``_fast_loop`` (None: never) and
+    while nobody observes: one pick, the backend's books written out, the
+    grpc.aio call, and no :class:`CallContext` unless the first attempt fails.
+    Anything else (no pick yet, a picker that wants the attempt's result, a
+    backend closed under us) is handed to :meth:`general` or goes the general
+    way with the pick already made. Call on the loop's thread.
     """
-    pr = None
-    if books.observer is None and not core.closed:
+
+    __slots__ = ()
+
+    _core: ChannelCore
+    _key: CallableKey
+    _method: str
+    _fast_loop: asyncio.AbstractEventLoop | None
+
+    def general(self, request: Any, timeout: float | None, metadata: Metadata | None,
+                credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
+                compression: grpc.Compression | None) -> Any:
+        """The call, made the general way (the owner's interceptors, another loop, an observer)."""
+        raise NotImplementedError
+
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Metadata | None = None,
+                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        core = self._core
+        loop = asyncio.get_running_loop()
+        if loop is not self._fast_loop or books.observer is not None or core.closed:
+            return self.general(request, timeout, metadata, credentials, wait_for_ready, compression)
+        method = self._method
         try:
             pr = core.picker.pick(method, metadata)
         except Drop:
             pr = None  # the general path picks again and raises the drop
-    if pr is None or pr.done is not None or not pr.subconn.backend.begin():
-        ctx = CallContext(core, key, method, request, timeout, metadata, credentials, wait_for_ready, compression,
-                          None, loop)
-        return AioUnaryCall(ctx, True, pr)
-    b = pr.subconn.backend
-    t0 = time.perf_counter()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    self = AioUnaryCall.__new__(AioUnaryCall)
-    self._first = b
-    self._args = (core, key, method, request, deadline, metadata, credentials, wait_for_ready, compression, loop, pr,
-                  t0)
-    try:
-        twin = b.aio_twins.get(loop) or b.twin_for(loop)
-        mcall = twin.callables.get(key) or twin.callable(key)
-        # wait_for_ready is the channel's job, as in CallContext.start.
-        call = mcall(request, timeout=timeout, metadata=metadata, credentials=credentials, wait_for_ready=None,
-                     compression=compression)
-    except BaseException:
-        b.end()
-        unused(pr)
-        raise
-    self._call = call
-    call.add_done_callback(self._first_books)
-    return self
+        b: Backend | None = None
+        if pr is not None and pr.done is None:
+            # Backend.begin, written out (in the same order: add, then read closed).
+            b = pr.subconn.backend
+            b.tokens.append(None)
+            if b.closed:
+                b.end()  # refused, as in Backend.begin
+                b = None
+        key = self._key
+        if b is None or pr is None:
+            ctx = CallContext(core, key, method, request, timeout, metadata, credentials, wait_for_ready,
+                              compression, None, loop)
+            return AioUnaryCall(ctx, True, pr)
+        t0 = time.perf_counter()
+        try:
+            twin = b.aio_twins.get(loop) or b.twin_for(loop)
+            start = twin.callables.get(key) or twin.callable(key)
+            # wait_for_ready is the channel's job, as in CallContext.start.
+            call = start(request, timeout=timeout, metadata=metadata, credentials=credentials, wait_for_ready=None,
+                         compression=compression)
+        except BaseException:
+            b.end()
+            unused(pr)
+            raise
+        c = AioUnaryCall.__new__(AioUnaryCall)
+        c._first = b
+        c._call = c._first_call = call
+        # What the fast path of __await__ reads, set here so those reads are
+        # plain instance reads rather than fall-backs to the class defaults.
+        c._callbacks = c._outcome = None
+        c._cancelled = False
+        c._args = (self, request, None if timeout is None else time.monotonic() + timeout, metadata, credentials,
+                   wait_for_ready, compression, loop, pr, t0, call)
+        try:
+            # grpc's C-level call runs a done-callback with no argument: no
+            # functools.partial per RPC (see discovery._grpc_compat).
+            register = call._cython_call.add_done_callback
+        except AttributeError:  # a call object that is not grpc's own
+            register = call.add_done_callback
+        register(c._first_done)
+        return c

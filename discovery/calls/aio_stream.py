@@ -12,6 +12,7 @@ import grpc.aio
 from grpc.aio import EOF  # type: ignore[attr-defined]  # in grpc.aio, not in its stubs
 
 from .._calls import LocalRpcError
+from .books import unused
 from .context import CallContext, StatusGetters, aio_error
 
 __all__ = ["AioStreamCall"]
@@ -19,6 +20,10 @@ __all__ = ["AioStreamCall"]
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+# Tasks starting calls that nobody reads yet but that have done-callbacks.
+_STARTERS: set[asyncio.Task[None]] = set()
 
 
 class AioStreamCall(StatusGetters, grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.StreamStreamCall[Any, Any]):
@@ -42,6 +47,7 @@ class AioStreamCall(StatusGetters, grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.
         self._ready: asyncio.Future[Any] | None = None
         self._error: grpc.aio.AioRpcError | None = None
         self._cancelled = False
+        self._pending: list[Callable[[Any], None]] | None = None
         pr = ctx.pick_now()
         if pr is not None:
             self._call = ctx.start(pr)
@@ -56,6 +62,11 @@ class AioStreamCall(StatusGetters, grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.
             except LocalRpcError as exc:
                 self._error = aio_error(exc)
                 raise self._error from None
+            if self._call is not None:
+                # Another caller (a read, a getter, the done-callbacks' starter)
+                # started the attempt while this one waited for its pick.
+                unused(pr)
+                break
             self._call = ctx.start(pr)
             if self._call is None and ctx.att.after_failure(_UNAVAILABLE, None, refused=True) is None:
                 self._error = aio_error(LocalRpcError(_UNAVAILABLE, ctx.core.explain(ctx.core.picker)))
@@ -149,7 +160,32 @@ class AioStreamCall(StatusGetters, grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.
         return None if d is None else max(0.0, d - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(self)`` when the current attempt ends (or at once if the RPC
+        failed before one started). With no attempt started yet (waiting for a
+        backend), a task of the channel's picks and starts it, as grpc.aio starts
+        a call whether or not anyone reads it. (As with grpc.aio, a stream nobody
+        reads does not end until its deadline: its status waits behind its messages.)"""
         if self._call is not None:
             self._call.add_done_callback(lambda _c: callback(self))
-        else:
-            callback(self) if self._error is not None else None
+            return
+        if self._error is not None or self._cancelled:
+            callback(self)
+            return
+        if self._pending is None:
+            self._pending = []
+            task = asyncio.ensure_future(self._start_for_callbacks())
+            _STARTERS.add(task)  # held until done: asyncio keeps only weak references to tasks
+            task.add_done_callback(_STARTERS.discard)
+        self._pending.append(callback)
+
+    async def _start_for_callbacks(self) -> None:
+        try:
+            call = await self._current()
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            call = None
+        pending, self._pending = self._pending or [], None
+        for cb in pending:
+            if call is not None:
+                call.add_done_callback(lambda _c, cb=cb: cb(self))
+            else:
+                cb(self)
