@@ -59,12 +59,14 @@ class _SlowReads(Backend):
     @property  # type: ignore[override]
     def closed(self) -> bool:
         value = self._closed
-        time.sleep(0)  # noqa: sleep-ok  (not a wait: gives up the GIL to widen the race window)
+        # Not a wait: gives up the GIL to widen the race window.
+        time.sleep(0)  # noqa: sleep-ok
         return value
 
     @closed.setter
     def closed(self, value: bool) -> None:
-        time.sleep(0)  # noqa: sleep-ok  (and before a write takes effect)
+        # And before a write takes effect.
+        time.sleep(0)  # noqa: sleep-ok
         self._closed = value
 
 
@@ -96,7 +98,8 @@ def test_an_admitted_attempt_never_sees_its_channel_closed(fast_switching: None)
                 if not ok:
                     return
                 seen.append(ch.closed)
-                time.sleep(0)  # noqa: sleep-ok  (gives up the GIL while in flight)
+                # Gives up the GIL while in flight.
+                time.sleep(0)  # noqa: sleep-ok
                 seen.append(ch.closed)
                 b.end()
 
