@@ -45,7 +45,7 @@ import grpc
 import grpc.aio
 
 from ._calls import LocalRpcError
-from ._grpc_compat import now
+from ._grpc_compat import hand_over_calls, now
 from ._requests import RequestsOffLoop
 
 __all__ = ["AioTwin", "BridgedFuture", "FutureLoop", "future_on_loop", "shared_loop"]
@@ -136,11 +136,14 @@ if hasattr(os, "register_at_fork"):
 class AioTwin:
     """A backend's grpc.aio channel plus its multicallables (as their bound ``__call__``). Loop thread only."""
 
-    __slots__ = ("callables", "channel")
+    __slots__ = ("active", "callables", "channel")
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
         self.callables: dict[CallableKey, Any] = {}
+        # Calls started without grpc's multicallable (see _grpc_compat.aio_unary_parts),
+        # until done: grpc's channel does not know them until close hands them over.
+        self.active: set[Any] = set()
 
     def callable(self, key: CallableKey) -> Any:
         mc = self.callables.get(key)
@@ -153,7 +156,8 @@ class AioTwin:
         return mc
 
     def close(self, grace: float | None = None) -> None:
-        """Close the aio channel (schedules the coroutine; loop thread)."""
+        """Close the aio channel, cancelling its calls (schedules the coroutine; loop thread)."""
+        hand_over_calls(self.channel, self.active)
         asyncio.get_running_loop().create_task(self.channel.close(grace))
 
 

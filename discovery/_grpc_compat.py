@@ -10,6 +10,7 @@ same core call ``subscribe``'s poller uses. If a future grpcio moves it,
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,10 +18,12 @@ import grpc
 import grpc.aio
 from grpc import _channel, _common
 from grpc._cython import cygrpc
+from grpc.aio import _call as _aio_call
 from grpc.aio import _channel as _aio_channel
 
-__all__ = ["AIO_EOF", "AIO_STATUS_OK", "AIO_WRITE_RACE_DETAILS", "aio_code_now", "aio_state_reader", "aio_status_now",
-           "now", "plain_aio_channel", "plain_channel", "state_reader"]
+__all__ = ["AIO_EOF", "AIO_STATUS_OK", "AIO_WRITE_RACE_DETAILS", "AioUnaryParts", "aio_code_now", "aio_state_reader",
+           "aio_status_now", "aio_unary_parts", "hand_over_calls", "now", "plain_aio_channel", "plain_channel",
+           "state_reader"]
 
 _TO_CONNECTIVITY = _common.CYGRPC_CONNECTIVITY_STATE_TO_CHANNEL_CONNECTIVITY
 
@@ -102,6 +105,57 @@ def aio_code_now(call: Any) -> grpc.StatusCode:
 # generator and a partial per RPC (python -m bench instructions --mode aio).
 AIO_EOF: Any = cygrpc.EOF
 AIO_STATUS_OK: int = cygrpc.StatusCode.ok
+
+
+# -- grpc.aio's unary-unary calls, made without the multicallable ---------------
+# grpc.aio's UnaryUnaryMultiCallable.__call__ (seen with 1.85) turns the
+# metadata into a Metadata object, the timeout into a time.time() deadline,
+# makes a grpc.aio UnaryUnaryCall, and registers it with its channel: a WeakSet
+# entry plus a done-callback, so that Channel.close() can cancel calls still
+# running. That is about ten Python frames per RPC. The asyncio hot path
+# (discovery.calls.aio.UnaryStart) makes the same UnaryUnaryCall itself from
+# the parts below, and keeps its calls in a plain set of its own (added on
+# start, discarded by the done-callback it registers anyway); before the
+# backend channel closes, hand_over_calls gives them to grpc's registry, so
+# close() cancels them exactly as it cancels its own. Compression (which
+# rewrites the metadata) and a grpcio whose UnaryUnaryCall takes other
+# arguments take the public multicallable (tests/test_grpc_compat.py).
+_DIRECT_PARAMS = ("self", "request", "deadline", "metadata", "credentials", "wait_for_ready", "channel", "method",
+                  "request_serializer", "response_deserializer", "loop", "registered_call_handle")
+_DIRECT = tuple(inspect.signature(_aio_call.UnaryUnaryCall.__init__).parameters) == _DIRECT_PARAMS
+
+# (UnaryUnaryCall or None, its channel, method, request serializer,
+# response deserializer, registered call handle): the arguments of grpc.aio's
+# UnaryUnaryCall after (request, deadline, metadata, credentials,
+# wait_for_ready) and before/after the loop, as
+# ``make(request, deadline, metadata, credentials, wait_for_ready, *parts[1:5], loop, parts[5])``.
+AioUnaryParts = tuple[Any, Any, bytes, Any, Any, int]
+
+
+def aio_unary_parts(multicallable: Any) -> AioUnaryParts | None:
+    """What grpc.aio's unary-unary ``multicallable`` makes its calls from, or None where this
+    grpcio's differ (or the multicallable has interceptors): then call it the public way."""
+    if not _DIRECT or getattr(multicallable, "_interceptors", True):
+        return None
+    try:
+        return (_aio_call.UnaryUnaryCall, multicallable._channel, multicallable._method,
+                multicallable._request_serializer, multicallable._response_deserializer,
+                multicallable._registered_call_handle)
+    except AttributeError:
+        return None
+
+
+def hand_over_calls(channel: grpc.aio.Channel, calls: set[Any]) -> None:
+    """Before ``channel.close()``: give the calls made from :func:`aio_unary_parts` to the
+    channel's own registry, so that its close cancels them as it cancels its own.
+    Where that registry is gone, cancel them here. Loop thread."""
+    registry = getattr(channel, "_active_calls", None)
+    if registry is not None:
+        registry.update(calls)
+    else:
+        for call in list(calls):
+            call.cancel()
+    calls.clear()
 
 
 def aio_status_now(call: object) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]] | None:

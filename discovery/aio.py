@@ -39,7 +39,7 @@ import grpc.aio
 from grpc.aio import _interceptor as _grpc_interceptor
 
 from . import _from_config, _open
-from .backend import BackendSnapshot, CallableKey
+from .backend import Backend, BackendSnapshot, CallableKey
 from .balancer import Metadata
 from .calls.aio import AioStreamCall, AioUnaryCall, CallContext, UnaryStart
 from .core import ChannelCore, build_core
@@ -83,7 +83,7 @@ def _sort_interceptors(interceptors: Sequence[grpc.aio.ClientInterceptor] | None
 
 class _MultiCallable:
     __slots__ = ("_core", "_fast_loop", "_interceptors", "_key", "_loop", "_mc", "_method", "_replayable",
-                 "_simple", "_stream")
+                 "_simple", "_starts", "_stream")
 
     def __init__(self, core: ChannelCore, kind: str, method: str, ser: Any, deser: Any, registered: bool,
                  interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
@@ -99,6 +99,7 @@ class _MultiCallable:
         # calls on the bound loop take UnaryStart's fast path.
         self._simple = kind == "unary_unary" and self._mc is None and not interceptors
         self._fast_loop: asyncio.AbstractEventLoop | None = None
+        self._starts: dict[Backend, Any] = {}  # UnaryStart's per-backend starts on _fast_loop
 
     def _call(self, arg: Any, timeout: float | None, metadata: Metadata | None, credentials: Any,
               wait_for_ready: bool | None, compression: Any) -> Any:
@@ -128,6 +129,7 @@ class _MultiCallable:
         self._loop = loop
         if self._simple:
             self._fast_loop = loop
+            self._starts = {}  # they started calls on the old loop
 
     def _leaf(self, details: grpc.aio.ClientCallDetails, arg: Any, compression: Any) -> Any:
         """The call at the end of the interceptor chain, made from the details the interceptors passed on."""

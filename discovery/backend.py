@@ -44,7 +44,7 @@ from ._futures import AioTwin
 from ._grpc_compat import aio_state_reader, state_reader
 from .address import Address
 
-__all__ = ["Backend", "BackendSnapshot", "CallableKey"]
+__all__ = ["Backend", "BackendSnapshot", "CallableKey", "forget_closed"]
 
 _C = grpc.ChannelConnectivity
 
@@ -62,6 +62,19 @@ _PROBES: set[asyncio.Future[None]] = set()
 
 def _ident(b: bytes) -> bytes:
     return b
+
+
+def forget_closed(cache: dict[Backend, Any]) -> None:
+    """Drop closed backends from a per-backend cache of the data plane. Any thread.
+
+    Called when a backend is added to ``cache``: removed backends leave when a
+    new one comes, so the cache holds at most the live backends plus those
+    removed since the last addition. ``list(cache)`` copies without running
+    Python code, so other threads may read and add meanwhile.
+    """
+    for old in list(cache):
+        if old.closed:
+            cache.pop(old, None)
 
 
 @dataclass(frozen=True, slots=True)

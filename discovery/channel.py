@@ -34,7 +34,7 @@ else:  # the multicallables are generic only in the type stubs
 from ._calls import LocalRpcError
 from ._futures import BridgedFuture, future_on_loop, shared_loop
 from ._requests import requests_off_loop
-from .backend import BackendSnapshot, CallableKey
+from .backend import Backend, BackendSnapshot, CallableKey
 from .balancer import Metadata
 from .calls.aio import AioUnaryCall, CallContext, UnaryStart
 from .calls.blocking import blocking_unary, start_stream
@@ -52,13 +52,14 @@ class _FuturesStart(UnaryStart):
     (see :class:`~discovery.calls.aio.UnaryStart`). ``key`` has no request serializer:
     the future serializes the request itself."""
 
-    __slots__ = ("_core", "_fast_loop", "_key", "_method")
+    __slots__ = ("_core", "_fast_loop", "_key", "_method", "_starts")
 
     def __init__(self, core: ChannelCore, key: CallableKey, method: str, loop: asyncio.AbstractEventLoop) -> None:
         self._core = core
         self._key = key
         self._method = method
         self._fast_loop = loop
+        self._starts = {}
 
     def general(self, request: Any, timeout: float | None, metadata: Metadata | None,
                 credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
@@ -69,7 +70,7 @@ class _FuturesStart(UnaryStart):
 
 
 class _MultiCallable:
-    __slots__ = ("_core", "_fstart", "_hedged", "_key", "_mc", "_method", "_replayable")
+    __slots__ = ("_core", "_fstart", "_hedged", "_key", "_mc", "_mcalls", "_method", "_replayable")
 
     def __init__(self, core: ChannelCore, kind: str, method: str, ser: Any, deser: Any, registered: bool) -> None:
         self._core = core
@@ -81,6 +82,7 @@ class _MultiCallable:
         self._mc: MethodConfig | None = core.service_config.method_config(method)
         self._hedged = self._mc is not None and self._mc.hedging is not None and self._replayable
         self._fstart: _FuturesStart | None = None  # made at the first unary-unary .future()
+        self._mcalls: dict[Backend, Any] = {}  # each backend's multicallable (see blocking_unary)
 
     def _future(self, arg: Any, timeout: float | None, metadata: Metadata | None,
                 credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
@@ -129,7 +131,7 @@ class _MultiCallable:
             response = f.result()
             return (response, f) if with_call else response
         return blocking_unary(self._core, self._key, self._method, with_call, arg, timeout, metadata, credentials,
-                              wait_for_ready, compression, self._mc, self._replayable)
+                              wait_for_ready, compression, self._mc, self._replayable, self._mcalls)
 
 
 class _UnaryUnary(_MultiCallable, _UU):
@@ -142,7 +144,7 @@ class _UnaryUnary(_MultiCallable, _UU):
             return self._blocking(False, request, timeout, metadata, credentials, wait_for_ready, compression)
         # The hot path calls the driver directly: one Python call less per RPC.
         return blocking_unary(self._core, self._key, self._method, False, request, timeout, metadata, credentials,
-                              wait_for_ready, compression, self._mc, True)
+                              wait_for_ready, compression, self._mc, True, self._mcalls)
 
     def with_call(self, request: Any, timeout: float | None = None, metadata: Metadata | None = None,
                   credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,

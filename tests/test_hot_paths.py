@@ -133,3 +133,40 @@ def test_an_observer_sees_every_attempt_of_the_hot_paths(start_backends) -> None
     finally:
         observe.remove_observer(rec)
     assert rec.started == 4 and rec.ended == [grpc.StatusCode.OK] * 4
+
+
+def test_the_hot_paths_caches_forget_removed_backends(start_backends, manual) -> None:  # type: ignore[no-untyped-def]
+    """Each multicallable keeps its backends' grpc multicallables by backend (sync ``_mcalls``,
+    asyncio and ``.future()`` ``_starts``); a removed backend leaves when a new one comes."""
+    servers = start_backends(3)
+    addrs = [discovery.Address("127.0.0.1", s.port) for s in servers]
+    names = [s.name.encode() for s in servers]
+
+    def live(ch: discovery.Channel | aio.Channel, i: int) -> bool:
+        """Only addrs[i] is in the set, and the i backends removed so far are closed."""
+        manager = ch._core.manager  # type: ignore[union-attr]
+        return {b.addr for b in manager.backends} == {str(addrs[i])} and manager.closed == i
+
+    with discovery.insecure_channel("manual:///caches") as ch:
+        mc = ch.unary_unary(UNARY)
+        for i in range(3):
+            manual.resolver.push([addrs[i]])
+            wait_for(lambda i=i: live(ch, i), 10, message="the set changed")
+            assert mc(b"x", timeout=10, wait_for_ready=True) == names[i]
+            assert mc.future(b"x", timeout=10).result() == names[i]
+            assert mc(b"x", timeout=10) == names[i]  # (the first may wait: the hot path now)
+            assert mc.future(b"x", timeout=10).result() == names[i]
+            assert {b.addr for b in mc._mcalls} == {str(addrs[i])}  # type: ignore[attr-defined]
+            assert {b.addr for b in mc._fstart._starts} == {str(addrs[i])}  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        async with aio.insecure_channel("manual:///caches-aio") as ach:
+            amc = ach.unary_unary(UNARY)
+            for i in range(3):
+                manual.resolver.push([addrs[i]])
+                await asyncio.to_thread(wait_for, lambda i=i: live(ach, i), 10, message="the set changed")
+                assert await amc(b"x", timeout=10, wait_for_ready=True) == names[i]
+                assert await amc(b"x", timeout=10) == names[i]
+                assert {b.addr for b in amc._starts} == {str(addrs[i])}  # type: ignore[attr-defined]
+
+    asyncio.run(main())

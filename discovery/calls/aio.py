@@ -23,7 +23,8 @@ import grpc
 import grpc.aio
 
 from .._calls import LocalRpcError
-from .._grpc_compat import AIO_EOF, AIO_STATUS_OK, aio_code_now
+from .._grpc_compat import AIO_EOF, AIO_STATUS_OK, AioUnaryParts, aio_code_now, aio_unary_parts
+from ..backend import forget_closed
 from ..balancer import Drop, Metadata, PickResult
 from . import books
 from .aio_stream import AioStreamCall
@@ -41,6 +42,13 @@ _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
+
+# How UnaryStart starts calls on one backend: aio_unary_parts(...) (or
+# _NO_PARTS), the backend channel's set of calls started from those parts,
+# and grpc's multicallable (its bound __call__), used when there are no parts
+# or the call asks for compression.
+_Start = tuple[Any, Any, bytes, Any, Any, int, "set[Any]", "Callable[..., Any]"]
+_NO_PARTS: AioUnaryParts = (None, None, b"", None, None, 0)
 
 # Tasks driving calls that nobody awaits but that have done-callbacks.
 _DRIVERS: set[asyncio.Task[None]] = set()
@@ -90,10 +98,10 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
         :class:`UnaryStart` needs one only if its first attempt fails)."""
         ctx = self._ctx
         if ctx is None:
-            start, request, deadline, metadata, credentials, wfr, compression, loop = self._args[:8]
+            start, request, timeout, metadata, credentials, wfr, compression, loop, _, t0 = self._args[:10]
             ctx = CallContext(start._core, start._key, start._method, request, None, metadata, credentials, wfr,
                               compression, None, loop)
-            ctx.deadline = deadline
+            ctx.deadline = None if timeout is None else t0 + timeout
             ctx.tried.append(self._first)
             self._ctx = ctx
         return ctx
@@ -105,6 +113,7 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
         with no argument (see :mod:`discovery._grpc_compat`, "grpc.aio's unary calls")."""
         args = self._args
         call = args[10]
+        args[11].discard(call)
         try:
             ok = call._cython_call._status.code() == AIO_STATUS_OK
         except AttributeError:  # a call object that is not grpc's own
@@ -116,8 +125,11 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
             if b.closing:
                 b.check_idle()
             return
+        # The attempt began at args[9] on time.monotonic; end_attempt measures
+        # latency on time.perf_counter (the hot path reads one clock, not two).
         start = args[0]
-        end_unary_attempt(call, start._core, args[8], args[9], start._method)
+        t0 = time.perf_counter() - (time.monotonic() - args[9])
+        end_unary_attempt(call, start._core, args[8], t0, start._method)
 
     # -- running ----------------------------------------------------------------
 
@@ -230,7 +242,12 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
         # less per RPC); a failed attempt continues in _run.
         self._running = True
         try:
-            response = yield from getattr(call, "_call_response", call).__await__()
+            try:
+                task = call._call_response
+            except AttributeError:  # a call object that is not grpc's own
+                task = call.__await__()
+            # A Task is its own iterator (Future.__iter__ is __await__).
+            response = yield from task
             if response is AIO_EOF:
                 # The attempt failed or was cancelled: grpc's own await
                 # raises what it would (the task is done, so at once).
@@ -305,7 +322,11 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
         return self._done
 
     def time_remaining(self) -> float | None:
-        d = self._args[2] if self._ctx is None else self._ctx.deadline
+        if self._ctx is None:
+            timeout, t0 = self._args[2], self._args[9]
+            d = None if timeout is None else t0 + timeout
+        else:
+            d = self._ctx.deadline
         return None if d is None else max(0.0, d - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
@@ -348,6 +369,21 @@ class UnaryStart:
     _key: CallableKey
     _method: str
     _fast_loop: asyncio.AbstractEventLoop | None
+    # How to start this method's calls on each backend on _fast_loop: one
+    # lookup keyed by the backend's identity per RPC, rather than the
+    # backend's twin for the loop and then its multicallable under the 5-tuple
+    # key (hashed per RPC). Emptied when _fast_loop changes.
+    _starts: dict[Backend, _Start]
+
+    def _start_on(self, b: Backend, loop: asyncio.AbstractEventLoop) -> _Start:
+        """How to start this method's calls on ``b`` on ``loop``, cached in ``_starts``."""
+        forget_closed(self._starts)
+        twin = b.aio_twins.get(loop) or b.twin_for(loop)
+        mc = twin.callables.get(self._key) or twin.callable(self._key)
+        parts = aio_unary_parts(getattr(mc, "__self__", None))
+        start: _Start = (parts or _NO_PARTS) + (twin.active, mc)
+        self._starts[b] = start
+        return start
 
     def general(self, request: Any, timeout: float | None, metadata: Metadata | None,
                 credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
@@ -380,13 +416,22 @@ class UnaryStart:
             ctx = CallContext(core, key, method, request, timeout, metadata, credentials, wait_for_ready,
                               compression, None, loop)
             return AioUnaryCall(ctx, True, pr)
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         try:
-            twin = b.aio_twins.get(loop) or b.twin_for(loop)
-            start = twin.callables.get(key) or twin.callable(key)
+            s = self._starts.get(b) or self._start_on(b, loop)
+            make = s[0]
             # wait_for_ready is the channel's job, as in CallContext.start.
-            call = start(request, timeout=timeout, metadata=metadata, credentials=credentials, wait_for_ready=None,
-                         compression=compression)
+            if make is not None and compression is None:
+                # grpc.aio's multicallable's work, done here (see discovery._grpc_compat,
+                # "made without the multicallable"): the deadline on time.time(),
+                # the metadata as a sequence of pairs (the call makes it a tuple).
+                call = make(request, None if timeout is None else time.time() + timeout,
+                            () if metadata is None else metadata, credentials, None, s[1], s[2], s[3], s[4], loop,
+                            s[5])
+                s[6].add(call)
+            else:
+                call = s[7](request, timeout=timeout, metadata=metadata, credentials=credentials,
+                            wait_for_ready=None, compression=compression)
         except BaseException:
             b.end()
             unused(pr)
@@ -398,8 +443,7 @@ class UnaryStart:
         # plain instance reads rather than fall-backs to the class defaults.
         c._callbacks = c._outcome = None
         c._cancelled = False
-        c._args = (self, request, None if timeout is None else time.monotonic() + timeout, metadata, credentials,
-                   wait_for_ready, compression, loop, pr, t0, call)
+        c._args = (self, request, timeout, metadata, credentials, wait_for_ready, compression, loop, pr, t0, call, s[6])
         try:
             # grpc's C-level call runs a done-callback with no argument: no
             # functools.partial per RPC (see discovery._grpc_compat).

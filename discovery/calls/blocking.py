@@ -17,16 +17,17 @@ import grpc
 
 from .._calls import LocalRpcError, ReplayableStream
 from ..attempts import Attempts, effective_deadline
+from ..backend import forget_closed
 from ..balancer import Drop, Metadata, PickResult
 from ..methodconfig import MethodConfig
 from . import books
 from .books import begin_attempt, dropped, end_attempt, unused
 
 if TYPE_CHECKING:
-    from ..backend import CallableKey
+    from ..backend import Backend, CallableKey
     from ..core import ChannelCore
 
-__all__ = ["blocking_unary", "start_stream", "wait_for_ready_of"]
+__all__ = ["backend_mcall", "blocking_unary", "start_stream", "wait_for_ready_of"]
 
 _OK = grpc.StatusCode.OK
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -62,9 +63,12 @@ def _pick(core: ChannelCore, method: str, metadata: Metadata | None, att: Attemp
 def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: bool, request: Any,
                    timeout: float | None, metadata: Metadata | None, credentials: grpc.CallCredentials | None,
                    wait_for_ready: bool | None, compression: grpc.Compression | None,
-                   mc: MethodConfig | None, replayable: bool) -> Any:
+                   mc: MethodConfig | None, replayable: bool, mcalls: dict[Backend, Any]) -> Any:
     """One unary-request RPC with re-picks and retries, on this thread. Returns what
-    grpc's ``__call__`` (or ``with_call``) would; raises its :class:`grpc.RpcError`."""
+    grpc's ``__call__`` (or ``with_call``) would; raises its :class:`grpc.RpcError`.
+
+    ``mcalls`` is the caller's cache of each backend's multicallable for
+    ``key`` (see :func:`backend_mcall`), shared by the threads calling it."""
     if mc is not None:
         return _attempts(core, key, method, with_call, request, timeout, metadata, credentials, wait_for_ready,
                          compression, mc, replayable, None, None)
@@ -83,12 +87,19 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
         return _attempts(core, key, method, with_call, request, timeout, metadata, credentials, wait_for_ready,
                          compression, None, replayable, None, None)
     b = pr.subconn.backend
-    if pr.done is not None or books.observer is not None or not b.begin():
-        # Someone wants the attempt's result, or the backend closed under us
-        # (an address-set change: never sent, re-picked there).
+    if pr.done is not None or books.observer is not None:
+        # Someone wants the attempt's result.
         return _attempts(core, key, method, with_call, request, timeout, metadata, credentials, wait_for_ready,
                          compression, None, replayable, None, pr)
-    mcall = b.callables.get(key) or b.callable(key)
+    # Backend.begin, written out (in the same order: add, then read closed).
+    b.tokens.append(None)
+    if b.closed:
+        # Refused: the backend closed under us (an address-set change). Never
+        # sent; the general path re-picks.
+        b.end()
+        return _attempts(core, key, method, with_call, request, timeout, metadata, credentials, wait_for_ready,
+                         compression, None, replayable, None, pr)
+    mcall = mcalls.get(b) or backend_mcall(mcalls, b, key)
     t0 = time.perf_counter()
     try:
         # wait_for_ready is the channel's job (no backend channel's service
@@ -108,8 +119,19 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
         # the books still close, as for an unsent attempt.
         b.end()
         raise
-    b.end()
+    # Backend.end, written out.
+    b.tokens.pop()
+    if b.closing:
+        b.check_idle()
     return result
+
+
+def backend_mcall(mcalls: dict[Backend, Any], b: Backend, key: CallableKey) -> Any:
+    """``b``'s multicallable for ``key``, cached in ``mcalls``: the hot path's lookup is then
+    keyed by the backend's identity, not by hashing the 5-tuple ``key``. Any thread."""
+    forget_closed(mcalls)
+    mcall = mcalls[b] = b.callables.get(key) or b.callable(key)
+    return mcall
 
 
 def _failed(core: ChannelCore, pr: PickResult, t0: float, exc: grpc.RpcError, method: str, att: Attempts | None,
