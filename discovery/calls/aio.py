@@ -29,7 +29,7 @@ from ..balancer import Drop, Metadata, PickResult
 from . import books
 from .aio_stream import AioStreamCall
 from .books import unused
-from .context import CallContext, StatusGetters, aio_error, end_unary_attempt
+from .context import CallContext, StatusGetters, abandon, aio_error, end_unary_attempt
 from .hedging import run_hedged
 
 if TYPE_CHECKING:
@@ -190,6 +190,9 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
             self._cancel_attempts()
             self._cancelled = True
             raise
+        except BaseException:
+            abandon(self._call)
+            raise
         finally:
             self._finish()
 
@@ -261,6 +264,7 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
             self._finish()
             raise
         except BaseException:
+            abandon(call)
             self._finish()
             raise
         self._response = response

@@ -13,7 +13,7 @@ from grpc.aio import EOF  # type: ignore[attr-defined]  # in grpc.aio, not in it
 
 from .._calls import LocalRpcError
 from .books import unused
-from .context import CallContext, StatusGetters, aio_error
+from .context import CallContext, StatusGetters, abandon, aio_error
 
 __all__ = ["AioStreamCall"]
 
@@ -95,6 +95,11 @@ class AioStreamCall(StatusGetters, grpc.aio.UnaryStreamCall[Any, Any], grpc.aio.
                 if await self._restart_after(exc):
                     continue
                 raise exc from None
+            except asyncio.CancelledError:
+                raise
+            except BaseException:
+                abandon(call)
+                raise
             if msg is EOF and not self._committed:
                 code = await call.code()
                 if code is not _OK:

@@ -73,6 +73,16 @@ def end_unary_attempt(c: Any, core: ChannelCore, pr: PickResult, t0: float, meth
         end_attempt(core, pr, t0, *attempt_status(c, pr), method)
 
 
+def abandon(call: Any) -> None:
+    """A grpc.aio attempt raised something that is not an RPC outcome: grpc.aio refused
+    its metadata or request locally (a ``TypeError``, grpc's ``ExecuteBatchError``...)
+    and leaves such a call running forever, never done. Cancel it, so that it ends,
+    its done-callbacks close its books, and grpc's channel forgets it; the caller
+    then sees the exception as grpc.aio raised it. Loop thread."""
+    if call is not None:
+        call.cancel()
+
+
 def aio_error(exc: LocalRpcError) -> grpc.aio.AioRpcError:
     """The channel's own failure as the error type grpc.aio callers catch."""
     empty = grpc.aio.Metadata()
