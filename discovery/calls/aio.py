@@ -109,7 +109,7 @@ class UnaryStart:
             ctx = CallContext(core, key, method, request, timeout, metadata, credentials, wait_for_ready,
                               compression, None, loop)
             return AioUnaryCall(ctx, True, pr)
-        t0 = time.monotonic()
+        t0 = time.perf_counter()
         try:
             s = self._starts.get(b) or self._start_on(b, loop)
             make = s[0]

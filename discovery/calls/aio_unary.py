@@ -23,6 +23,7 @@ from .._calls import LocalRpcError
 from .._grpc_compat import AIO_EOF, AIO_STATUS_OK, aio_code_now
 from ..balancer import PickResult
 from . import books
+from .books import deadline_after
 from .context import CallContext, StatusGetters, abandon, aio_error, end_unary_attempt
 from .hedging import run_hedged
 
@@ -84,7 +85,7 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
             start, request, timeout, metadata, credentials, wfr, compression, loop, _, t0 = self._args[:10]
             ctx = CallContext(start._core, start._key, start._method, request, None, metadata, credentials, wfr,
                               compression, None, loop)
-            ctx.deadline = None if timeout is None else t0 + timeout
+            ctx.deadline = deadline_after(timeout, t0)
             ctx.tried.append(self._first)
             self._ctx = ctx
         return ctx
@@ -108,11 +109,8 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
             if b.closing:
                 b.check_idle()
             return
-        # The attempt began at args[9] on time.monotonic; end_attempt measures
-        # latency on time.perf_counter (the hot path reads one clock, not two).
         start = args[0]
-        t0 = time.perf_counter() - (time.monotonic() - args[9])
-        end_unary_attempt(call, start._core, args[8], t0, start._method)
+        end_unary_attempt(call, start._core, args[8], args[9], start._method)
 
     # -- running ----------------------------------------------------------------
 
@@ -309,11 +307,7 @@ class AioUnaryCall(StatusGetters, grpc.aio.UnaryUnaryCall[Any, Any], grpc.aio.St
         return self._done
 
     def time_remaining(self) -> float | None:
-        if self._ctx is None:
-            timeout, t0 = self._args[2], self._args[9]
-            d = None if timeout is None else t0 + timeout
-        else:
-            d = self._ctx.deadline
+        d = deadline_after(self._args[2], self._args[9]) if self._ctx is None else self._ctx.deadline
         return None if d is None else max(0.0, d - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:

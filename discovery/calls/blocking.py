@@ -21,7 +21,7 @@ from ..backend import forget_closed
 from ..balancer import Drop, Metadata, PickResult
 from ..methodconfig import MethodConfig
 from . import books
-from .books import begin_attempt, dropped, end_attempt, unused
+from .books import begin_attempt, deadline_after, dropped, end_attempt, unused
 
 if TYPE_CHECKING:
     from ..backend import Backend, CallableKey
@@ -110,7 +110,7 @@ def blocking_unary(core: ChannelCore, key: CallableKey, method: str, with_call: 
         else:
             result = mcall(request, timeout, metadata, credentials, None, compression)
     except grpc.RpcError as exc:
-        deadline = None if timeout is None else time.monotonic() + timeout - (time.perf_counter() - t0)
+        deadline = deadline_after(timeout, t0)
         att = _failed(core, pr, t0, exc, method, None, None, deadline, wait_for_ready, replayable)
         return _attempts(core, key, method, with_call, request, timeout, metadata, credentials, wait_for_ready,
                          compression, None, replayable, att, None)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from ..core import ChannelCore
     from ..observe import Observer
 
-__all__ = ["begin_attempt", "dropped", "end_attempt", "metadata_tuple", "observer", "set_observer", "unused"]
+__all__ = ["begin_attempt", "deadline_after", "dropped", "end_attempt", "metadata_tuple", "observer", "set_observer",
+           "unused"]
 
 log = logging.getLogger("discovery.channel")
 
@@ -90,6 +91,13 @@ def end_attempt(core: ChannelCore, pr: PickResult, t0: float, code: grpc.StatusC
             obs.attempt_ended(core, b, method, info)
         except Exception:
             log.exception("observer %r failed", obs, extra={"target": core.target, "backend": b.addr})
+
+
+def deadline_after(timeout: float | None, t0: float) -> float | None:
+    """The deadline (on ``time.monotonic``) of an RPC with ``timeout`` whose first attempt
+    started at ``t0`` (``time.perf_counter``, as :func:`end_attempt` takes it). The hot
+    paths read only the attempt's clock and derive the deadline when it is needed."""
+    return None if timeout is None else time.monotonic() + timeout - (time.perf_counter() - t0)
 
 
 def unused(pr: PickResult) -> None:
